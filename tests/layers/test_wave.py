@@ -1,0 +1,40 @@
+"""The wave-field layer on its own: parametrisation, initial scales, state in / state out."""
+
+import math
+
+import torch
+
+from wavefield import WaveFieldAttention
+from wavefield.layers.wave import ALPHA_MIN
+from wavefield.ops import reach
+
+
+def test_parameters_stay_in_their_physical_ranges():
+    layer = WaveFieldAttention(32, 4)
+    with torch.no_grad():
+        layer.omega_raw.copy_(torch.tensor([-1e4, -30.0, 30.0, 1e4]))
+        layer.alpha_raw.copy_(torch.tensor([-1e4, -30.0, 0.0, 1e4]))
+    assert ((layer.omega >= 0) & (layer.omega <= math.pi)).all()
+    assert (layer.alpha >= ALPHA_MIN).all() and torch.isfinite(layer.alpha).all()
+
+
+def test_initial_heads_span_local_to_long_range_and_differ_by_layer():
+    layers = [WaveFieldAttention(64, 8, reach_min=1.0, reach_max=2048.0, layer_index=i, n_layers=4) for i in range(4)]
+    reaches = torch.stack([reach(layer.alpha.detach()) for layer in layers])  # (layers, heads)
+    assert reaches.min() < 2.0 and reaches.max() > 1000.0
+    assert len({tuple(r.tolist()) for r in reaches}) == 4
+    assert (reaches.flatten().sort().values.diff() > 0).all()  # one interleaved log grid, no repeats
+    omega = torch.stack([layer.omega.detach() for layer in layers])
+    assert (omega > 0).all() and (omega < math.pi).all()
+
+
+def test_layer_state_continues_exactly():
+    torch.manual_seed(0)
+    layer = WaveFieldAttention(24, 3, short_conv=4).eval()
+    x = torch.randn(2, 50, 24)
+    with torch.no_grad():
+        full = layer(x)
+        a, state = layer(x[:, :17], return_state=True)
+        b, state = layer(x[:, 17:18], state=state, return_state=True)
+        c, _ = layer(x[:, 18:], state=state, return_state=True)
+    torch.testing.assert_close(torch.cat([a, b, c], 1), full, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,215 @@
+"""The language model: exact causality, exact continuation, decoding, saving, bad input."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from wavefield import WaveFieldConfig, WaveFieldLM
+
+
+@st.composite
+def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):
+    n_heads = draw(st.sampled_from([1, 2, 4]))
+    head_dim = draw(st.sampled_from([2, 4, 8]))
+    n_layers = draw(st.integers(1, 3))
+    return WaveFieldConfig(
+        vocab_size=draw(st.sampled_from([17, 64])),
+        d_model=n_heads * head_dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        layer_types=draw(st.lists(layer_types, min_size=n_layers, max_size=n_layers)),
+        short_conv=draw(st.sampled_from([0, 1, 3, 4])),
+        feature_map=draw(st.sampled_from(["identity", "silu", "elu1"])),
+        reach_min=1.0,
+        reach_max=draw(st.sampled_from([4.0, 16.0, 64.0])),
+        chunk_size=draw(st.sampled_from([3, 8, 16])),
+        mlp_ratio=2.0,
+    )
+
+
+def model_for(cfg, seed):
+    torch.manual_seed(seed)
+    model = WaveFieldLM(cfg).eval()
+    with torch.no_grad():  # move the physical parameters off their initial grid
+        for block in model.blocks:
+            if hasattr(block.mixer, "phi"):
+                block.mixer.phi.normal_()
+                block.mixer.omega_raw.add_(torch.randn_like(block.mixer.omega_raw))
+    return model
+
+
+def leak_per_position(model, ids, batched=True):
+    """For every j: (largest change of logits at positions < j, change at j) when token j changes."""
+    N, V = ids.shape[1], model.config.vocab_size
+    perturbed = ids.repeat(N, 1)
+    j = torch.arange(N)
+    perturbed[j, j] = (ids[0, j] + 1 + torch.randint(0, V - 1, (N,))) % V
+    base = model(ids)[0]
+    with torch.no_grad():
+        out = model(perturbed) if batched else torch.cat([model(p[None]) for p in perturbed])
+    diff = (out - base).abs().amax(-1)  # (j, position)
+    before = torch.stack([diff[k, :k].max() if k else torch.tensor(0.0) for k in range(N)])
+    return before, diff[j, j], base.abs().max()
+
+
+@settings(max_examples=25, deadline=None)
+@given(cfg=configs(), N=st.integers(1, 150), seed=st.integers(0, 1000))
+@example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8), N=97, seed=0)
+@example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=4, layer_types=["wave", "attention", "wave"], reach_max=4.0), N=131, seed=1)
+def test_exact_causality(cfg, N, seed):
+    """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
+    the j-1 neighbour included, and does move the logits at j."""
+    model = model_for(cfg, seed)
+    ids = torch.randint(0, cfg.vocab_size, (1, N), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        before, at_j, scale = leak_per_position(model, ids)
+    j = before.argmax().item()
+    assert before.max() <= 1e-5 * scale, f"changing token {j} moved the logits before it by {before.max().item():.3g}"
+    assert (at_j > 0).all()  # the test can see a change when there is one
+
+
+@pytest.mark.parametrize("path", ["chunked", "recurrent"])
+def test_recurrent_and_chunked_paths_leak_exactly_nothing(path):
+    cfg = WaveFieldConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, reach_max=8.0, chunk_size=5, wave_path=path)
+    model = model_for(cfg, 3)
+    ids = torch.randint(0, 50, (1, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, at_j, _ = leak_per_position(model, ids, batched=False)
+    assert before.max() == 0
+    assert (at_j > 0).all()
+
+
+def set_path(model, path):
+    for block in model.blocks:
+        if hasattr(block.mixer, "path"):
+            block.mixer.path = path
+
+
+@settings(max_examples=20, deadline=None)
+@given(cfg=configs(), N=st.integers(1, 120), cuts=st.lists(st.floats(0, 1), max_size=4), seed=st.integers(0, 1000))
+def test_paths_and_continuation_agree(cfg, N, cuts, seed):
+    """FFT == recurrence == chunked, the latter fed in pieces split at random points."""
+    model = model_for(cfg, seed)
+    ids = torch.randint(0, cfg.vocab_size, (2, N), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        set_path(model, "fft")
+        ref = model(ids)
+        set_path(model, "recurrent")
+        rec = model(ids)
+        set_path(model, "chunked")
+        bounds = sorted({0, N, *(int(c * N) for c in cuts)})
+        pieces, state = [], None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            logits, state = model(ids[:, a:b], state=state, return_state=True)
+            pieces.append(logits)
+    scale = ref.abs().max()
+    assert (rec - ref).abs().max() <= 1e-5 * scale
+    assert (torch.cat(pieces, 1) - ref).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("layer_types", [["wave", "wave"], ["attention", "wave"]])
+def test_greedy_generate_matches_full_forward_argmax(layer_types):
+    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0)
+    model = model_for(cfg, 0)
+    prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
+    out = model.generate(prompt, max_new_tokens=64, temperature=0)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(64):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ids)
+
+
+def test_sampling_is_reproducible_and_respects_top_k():
+    model = model_for(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2), 0)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    a = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    one = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(one, model.generate(prompt, 10, temperature=0))
+
+
+def test_gradients_reach_the_physical_parameters():
+    cfg = WaveFieldConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "wave"])
+    model = model_for(cfg, 0).train()
+    ids = torch.randint(0, 64, (2, 40))
+    torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
+    for block in model.blocks:
+        for p in (block.mixer.omega_raw, block.mixer.alpha_raw, block.mixer.phi):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "attention"])
+    model = model_for(cfg, 0)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = WaveFieldLM.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config == cfg
+    ids = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(model(ids), loaded(ids))
+
+
+def test_loading_bad_folders_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved wavefield model"):
+        WaveFieldLM.from_pretrained(tmp_path / "nothing")
+    model = model_for(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2), 0)
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        WaveFieldLM.from_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "config_version": 99}))
+    with pytest.raises(ValueError, match="version"):
+        WaveFieldLM.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "d_model": 32, "n_heads": 4}))
+    with pytest.raises(ValueError, match="does not match its config"):
+        WaveFieldLM.from_pretrained(tmp_path / "m")
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = model_for(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "attention"]), 0)
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model(torch.tensor([[1, 64]]))
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"\(batch, seq_len\)"):
+        model(torch.zeros(4, dtype=torch.long))
+    _, state = model(torch.zeros(2, 5, dtype=torch.long), return_state=True)
+    with pytest.raises(ValueError, match="wave field state"):
+        model(torch.zeros(3, 1, dtype=torch.long), state=state)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        model(torch.zeros(2, 1, dtype=torch.long), state=state[:1])
+    with pytest.raises(ValueError, match="KV cache"):
+        model(torch.zeros(2, 1, dtype=torch.long), state=[state[0], {"k": torch.zeros(2, 3), "v": torch.zeros(2, 3)}])
+
+
+def test_empty_input_is_handled():
+    model = model_for(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "attention"]), 0)
+    empty = torch.zeros(3, 0, dtype=torch.long)
+    assert model(empty).shape == (3, 0, 64)
+    ids = torch.randint(0, 64, (3, 9))
+    _, state = model(empty, return_state=True)
+    logits, state = model(ids, state=state, return_state=True)
+    logits2, state2 = model(empty, state=state, return_state=True)
+    assert logits2.shape == (3, 0, 64)
+    with torch.no_grad():
+        assert torch.allclose(logits, model(ids), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(n_heads=3), dict(layer_types=["wave"]), dict(layer_types=["wave", "mamba"]), dict(feature_map="relu2"), dict(reach_min=0.0), dict(wave_path="gpu")],
+)
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        WaveFieldConfig(**{**dict(d_model=64, n_layers=2, n_heads=4), **bad})

@@ -1,0 +1,87 @@
+"""WaveFieldConfig: the one description of a model, saved as config.json beside its weights."""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+LAYER_TYPES = ("wave", "attention")
+FEATURE_MAPS = ("identity", "silu", "elu1")
+WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
+CONFIG_VERSION = 1
+
+
+@dataclass
+class WaveFieldConfig:
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    # per layer "wave" or "attention"; None means every layer is "wave"
+    layer_types: list[str] | None = None
+    # wave layers: kernel size of the short causal depthwise conv on q, k, v (0 turns it off)
+    short_conv: int = 4
+    # wave layers: feature map f in u = f(k) * v and f(q) * y
+    feature_map: str = "identity"
+    # wave layers: the reach 1/alpha of the heads at initialisation is log-spaced over
+    # [reach_min, reach_max] tokens, interleaved across layers
+    reach_min: float = 1.0
+    reach_max: float = 1024.0
+    # wave layers: "auto" takes the recurrence for a few tokens (decoding), FFT otherwise
+    wave_path: str = "auto"
+    chunk_size: int = 64
+    # attention layers: rotary position base
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.layer_types is None:
+            self.layer_types = ["wave"] * self.n_layers
+        self.layer_types = list(self.layer_types)
+        checks = [
+            (self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}"),
+            (self.d_model >= 1, f"d_model must be >= 1, got {self.d_model}"),
+            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
+            (self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}"),
+            (self.d_model % max(self.n_heads, 1) == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
+            (self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}"),
+            (len(self.layer_types) == self.n_layers, f"layer_types has {len(self.layer_types)} entries but n_layers is {self.n_layers}"),
+            (all(t in LAYER_TYPES for t in self.layer_types), f"layer_types entries must be one of {LAYER_TYPES}, got {self.layer_types}"),
+            (self.short_conv >= 0, f"short_conv must be >= 0, got {self.short_conv}"),
+            (self.feature_map in FEATURE_MAPS, f"feature_map must be one of {FEATURE_MAPS}, got {self.feature_map!r}"),
+            (0 < self.reach_min <= self.reach_max, f"need 0 < reach_min <= reach_max, got {self.reach_min}, {self.reach_max}"),
+            (self.wave_path in WAVE_PATHS, f"wave_path must be one of {WAVE_PATHS}, got {self.wave_path!r}"),
+            (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WaveFieldConfig":
+        data = dict(data)
+        version = data.pop("config_version", None)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"config version {version!r} is not supported (this wavefield reads version {CONFIG_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+

@@ -1,0 +1,131 @@
+"""WaveFieldAttention: a causal sequence mixer that replaces softmax attention.
+
+    q, k, v, g = split(W_in x)                    # (B, N, D) each, H heads of d channels
+    q, k, v    = short causal depthwise conv      # optional, kernel size `short_conv`
+    u          = f(k) * v                         # what each token deposits into the field
+    y[t]       = sum_{s<=t} kappa_h(t-s) u[s]     # the field: a damped wave per head
+    out        = W_out(sigmoid(g) * f(q) * y)     # read the field and gate
+
+kappa_h(t) = gain_h * exp(-alpha_h t) cos(omega_h t + phi_h): three physical numbers per head.
+The field is the token axis itself, one cell per token, so nothing is ever interpolated.
+
+State (for processing a long input in pieces, and for decoding one token at a time) is a
+dict: "field", the complex wave state (B, H, d), and "conv", the last short_conv - 1 inputs
+of the short convolution (B, short_conv - 1, 3D).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import propagate
+
+ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
+FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
+
+
+def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float):
+    """Initial (omega, alpha) per head: reach 1/alpha log-spaced over [reach_min, reach_max].
+
+    The heads of all layers interleave on one log grid, so each layer covers every scale with
+    an offset of its own. A head's frequency starts at pi / (1 + reach): local heads oscillate
+    quickly (omega near pi/2), long-range heads are slow, with a period of about twice their reach.
+    """
+    frac = (torch.arange(n_heads, dtype=torch.float64) + (layer_index + 0.5) / n_layers) / n_heads
+    reach = reach_min * (reach_max / reach_min) ** frac  # (H,)
+    return math.pi / (1.0 + reach), 1.0 / reach
+
+
+class WaveFieldAttention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        short_conv: int = 4,
+        feature_map: str = "identity",
+        reach_min: float = 1.0,
+        reach_max: float = 1024.0,
+        path: str = "auto",
+        chunk_size: int = 64,
+        layer_index: int = 0,
+        n_layers: int = 1,
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.short_conv, self.path, self.chunk_size = short_conv, path, chunk_size
+        self.f = FEATURE_MAPS[feature_map]
+
+        self.in_proj = nn.Linear(d_model, 4 * d_model, bias=False)
+        self.conv = nn.Conv1d(3 * d_model, 3 * d_model, short_conv, groups=3 * d_model) if short_conv else None
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+        # the three physical parameters per head, stored unconstrained
+        omega, alpha = init_scales(n_heads, layer_index, n_layers, reach_min, reach_max)
+        self.omega_raw = nn.Parameter(torch.logit(omega / math.pi).float())  # omega = pi * sigmoid
+        self.alpha_raw = nn.Parameter(torch.log(torch.expm1(alpha - ALPHA_MIN)).float())  # softplus + floor
+        self.phi = nn.Parameter(torch.zeros(n_heads))
+
+    @property
+    def omega(self) -> torch.Tensor:
+        """Frequency in radians per token, in (0, pi): (H,)."""
+        return math.pi * torch.sigmoid(self.omega_raw)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """Damping per token, > 0: (H,)."""
+        return F.softplus(self.alpha_raw) + ALPHA_MIN
+
+    def _short_conv(self, qkv, conv_state):
+        """Causal depthwise conv over time, continuing from the previous inputs in conv_state."""
+        B, N, C = qkv.shape
+        if conv_state is None:
+            conv_state = qkv.new_zeros(B, self.short_conv - 1, C)
+        padded = torch.cat([conv_state.to(qkv.dtype), qkv], dim=1)  # (B, K-1+N, 3D)
+        out = self.conv(padded.transpose(1, 2)).transpose(1, 2)  # (B, N, 3D)
+        return out, padded[:, padded.shape[1] - (self.short_conv - 1) :]
+
+    def check_state(self, state, batch_size: int):
+        if not isinstance(state, dict) or "field" not in state:
+            raise ValueError("wave layer state must be a dict with a 'field' entry (as returned with return_state=True)")
+        expected = (batch_size, self.n_heads, self.head_dim)
+        if tuple(state["field"].shape) != expected or not state["field"].is_complex():
+            raise ValueError(f"wave field state must be complex of shape {expected}, got {tuple(state['field'].shape)}")
+        conv = state.get("conv")
+        if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, 3 * self.d_model)):
+            raise ValueError(f"wave conv state must have shape {(batch_size, self.short_conv - 1, 3 * self.d_model)}")
+
+    def forward(self, x, state=None, return_state: bool = False):
+        """x (B, N, D) -> (B, N, D); with return_state, (out, state) for exact continuation."""
+        B, N, D = x.shape
+        if state is not None:
+            self.check_state(state, B)
+        if N == 0:
+            out = self.out_proj(x)
+            return (out, state) if return_state else out
+        q, k, v, g = self.in_proj(x).split(D, dim=-1)  # (B, N, D) each
+        conv_state = None
+        if self.conv is not None:
+            conv_in = state["conv"] if state is not None else None
+            qkv, conv_state = self._short_conv(torch.cat([q, k, v], dim=-1), conv_in)
+            q, k, v = qkv.split(D, dim=-1)
+
+        u = (self.f(k) * v).view(B, N, self.n_heads, self.head_dim)  # (B, N, H, d)
+        path = self.path if self.path != "auto" else ("recurrent" if N <= 4 else "fft")
+        field_in = state["field"] if state is not None else None
+        y = propagate(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, return_state)
+        if return_state:
+            y, field = y
+        y = y.to(x.dtype).view(B, N, D)
+        out = self.out_proj(torch.sigmoid(g) * self.f(q) * y)
+        if not return_state:
+            return out
+        return out, {"field": field, "conv": conv_state}
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, path={self.path!r}"

@@ -1,0 +1,165 @@
+"""WaveFieldLM: token embedding, pre-norm residual blocks (mixer + MLP), final norm, and an
+output head tied to the embedding. Each block's mixer is a wave-field layer or, for the
+transformer baseline and hybrids, causal softmax attention (config.layer_types).
+
+The state of a model is a list with one entry per layer (a wave field, or a KV cache), so
+`model(ids, state=state, return_state=True)` continues a sequence exactly where it stopped
+and `generate` decodes one token at a time from that state.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import WaveFieldConfig
+from .io import atomic_path, write_text_atomic
+from .layers import CausalSelfAttention, WaveFieldAttention
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int, dropout: float):
+        super().__init__()
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: WaveFieldConfig, layer_index: int):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        if cfg.layer_types[layer_index] == "wave":
+            self.mixer = WaveFieldAttention(
+                cfg.d_model, cfg.n_heads, short_conv=cfg.short_conv, feature_map=cfg.feature_map,
+                reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
+                chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
+            )
+        else:
+            self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, int(cfg.mlp_ratio * cfg.d_model), cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, state=None):
+        h, state = self.mixer(self.norm1(x), state=state, return_state=True)
+        x = x + self.drop(h)
+        return x + self.mlp(self.norm2(x)), state
+
+
+class WaveFieldLM(nn.Module):
+    def __init__(self, cfg: WaveFieldConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # residual outputs scaled down with depth (GPT-2)
+            if name.endswith(("out_proj.weight", "down.weight")):
+                nn.init.normal_(p, std=cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_inputs(self, input_ids, state):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype in (torch.bool,) or input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{input_ids.min().item()}, {input_ids.max().item()}]")
+        if state is not None and (not isinstance(state, (list, tuple)) or len(state) != len(self.blocks)):
+            raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)}), as returned with return_state=True")
+
+    def forward(self, input_ids, state=None, return_state: bool = False):
+        """input_ids (B, N) -> logits (B, N, vocab) float; with return_state, (logits, state)."""
+        self._check_inputs(input_ids, state)
+        x = self.drop(self.embed(input_ids))  # (B, N, D)
+        state = list(state) if state is not None else [None] * len(self.blocks)
+        if input_ids.shape[1] > 0:
+            for i, block in enumerate(self.blocks):
+                x, state[i] = block(x, state[i])
+        logits = F.linear(self.norm(x), self.embed.weight)  # (B, N, vocab), tied to the embedding
+        return (logits, state) if return_state else logits
+
+    @torch.no_grad()
+    def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
+        """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
+        logits, state = self(input_ids, return_state=True)
+        for i in range(max_new_tokens):
+            token = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B, 1)
+            yield token
+            if i + 1 < max_new_tokens:
+                logits, state = self(token, state=state, return_state=True)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
+        """Prompt (B, N) -> prompt plus max_new_tokens sampled tokens (B, N + max_new_tokens)."""
+        new = list(self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator))
+        return torch.cat([input_ids, *new], dim=1)
+
+    def save_pretrained(self, path):
+        """Write config.json and model.safetensors into the folder `path`, each atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_text_atomic(path / CONFIG_NAME, self.config.to_json())
+
+    @classmethod
+    def from_pretrained(cls, path, map_location="cpu") -> "WaveFieldLM":
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a saved wavefield model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            cfg = WaveFieldConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path / CONFIG_NAME} is not a valid wavefield config: {e}") from None
+        try:
+            tensors = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path / WEIGHTS_NAME} cannot be read (truncated or corrupt?): {e}") from None
+        model = cls(cfg)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise ValueError(f"{path / WEIGHTS_NAME} does not match its config: {str(e).splitlines()[0]}") from None
+        return model.to(map_location)
+
+
+def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
+    from the softmax restricted to the top_k tokens and to the smallest set of mass top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # mass before this token already >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)

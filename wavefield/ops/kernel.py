@@ -1,0 +1,67 @@
+"""The damped wave kernel and its complex-mode form.
+
+Every head h carries one damped complex mode. With lambda = exp(-alpha + i*omega) and
+c = exp(i*phi), its impulse response is
+
+    kappa(t) = gain * Re(c * lambda^t) = gain * exp(-alpha t) * cos(omega t + phi),   t >= 0
+
+where gain = 1 - exp(-alpha) = 1 / sum_t exp(-alpha t) normalises the envelope. The gain lies
+in (0, 1], so it can neither vanish nor blow up when the oscillation cancels itself.
+
+All functions here take the physical parameters (omega, alpha, phi), each of shape (H,), and
+compute in float64: omega * t loses a whole radian of phase in float32 once t reaches a few
+million, so the powers are formed in double precision and handed back as float32 / complex64.
+"""
+
+import math
+
+import torch
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest 2^a * 3^b * 5^c >= n: sizes that every FFT library handles quickly."""
+    best = 1 << max(0, (n - 1).bit_length())  # the next power of two is always a candidate
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def wave_gain(alpha: torch.Tensor) -> torch.Tensor:
+    """1 - exp(-alpha), the envelope normaliser, (H,) float64."""
+    return -torch.expm1(-alpha.double())
+
+
+def wave_powers(omega: torch.Tensor, alpha: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
+    """lambda^t for t = start .. start + n - 1, (H, n) complex128."""
+    t = torch.arange(start, start + n, device=omega.device, dtype=torch.float64)
+    log_mag = -alpha.double()[:, None] * t  # (H, n)
+    angle = omega.double()[:, None] * t  # (H, n)
+    return torch.polar(torch.exp(log_mag), angle)
+
+
+def read_weights(omega, alpha, phi, n: int, start: int = 0) -> torch.Tensor:
+    """gain * c * lambda^t for t = start .. start + n - 1, (H, n) complex64.
+
+    The field state s (a complex number per channel) reads out as y = Re(weight * s).
+    """
+    c = torch.polar(torch.ones_like(phi, dtype=torch.float64), phi.double())  # (H,)
+    w = (wave_gain(alpha) * c)[:, None] * wave_powers(omega, alpha, n, start)
+    return w.to(torch.complex64)
+
+
+def wave_kernel(omega, alpha, phi, n: int) -> torch.Tensor:
+    """kappa(t) = gain * exp(-alpha t) cos(omega t + phi) for t = 0 .. n-1, (H, n) float32."""
+    return read_weights(omega, alpha, phi, n).real
+
+
+def reach(alpha: torch.Tensor, level: float = math.exp(-1)) -> torch.Tensor:
+    """Distance in tokens at which the envelope exp(-alpha t) falls to `level`."""
+    return -math.log(level) / alpha
