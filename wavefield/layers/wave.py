@@ -121,7 +121,7 @@ class WaveFieldAttention(nn.Module):
         y = propagate(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, return_state)
         if return_state:
             y, field = y
-        y = y.to(x.dtype).view(B, N, D)
+        y = y.to(x.dtype).reshape(B, N, D)
         out = self.out_proj(torch.sigmoid(g) * self.f(q) * y)
         if not return_state:
             return out
