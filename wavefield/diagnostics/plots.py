@@ -106,8 +106,8 @@ def causality(audit) -> bytes:
     """Largest logit change before each perturbed position, against the tolerance."""
     fig, ax = plt.subplots(figsize=(10, 3.5))
     pos = [r["position"] for r in audit["rows"]]
-    floor = 1e-12 * audit["logit_scale"]
-    ax.plot(pos, [max(r["max_change_before"], floor) for r in audit["rows"]], ".-", label="largest change at positions < j")
+    floor = 1e-12 * audit["logit_scale"]  # an exact zero drawn at the bottom of the log axis
+    ax.plot(pos[1:], [max(r["max_change_before"], floor) for r in audit["rows"][1:]], ".-", label="largest change at positions < j")
     ax.plot(pos, [max(r["change_at"], floor) for r in audit["rows"]], ".", color="gray", label="change at j (the perturbation itself)")
     ax.axhline(audit["tolerance"] * audit["logit_scale"], color="red", ls="--", label=f"tolerance {audit['tolerance']:g} x max |logit|")
     ax.set_yscale("log")

@@ -16,7 +16,7 @@ from .causality import causality_audit
 from .energy import field_energy, parseval_check
 from .flow import effective_attention, field_amplitude, impulse_responses, wave_mixers, wavefronts
 from .heads import LOCAL_MAX, LONG_MIN, head_params, head_table
-from .sources import DEFAULT_PROMPT, _step_of, checkpoint_dirs, encode_prompt, load_model, metrics_history
+from .sources import DEFAULT_PROMPT, step_of, checkpoint_dirs, encode_prompt, load_model, metrics_history
 
 MAX_TOKENS = 512  # longest prompt diagnosed: the effective-attention maps are N x N
 AUDIT_TOKENS = 128  # positions perturbed by the causality audit (each costs one forward pass)
@@ -67,7 +67,7 @@ def _history(dirs, paths) -> list[dict]:
     """Head snapshots over training: metrics.jsonl records, plus one per checkpoint folder."""
     snaps = metrics_history(dirs)
     if len(paths) > 1:
-        snaps += [{"step": _step_of(p, k), "source": str(p), "heads": head_params(load_model(p))} for k, p in enumerate(paths)]
+        snaps += [{"step": step_of(p, k), "source": str(p), "heads": head_params(load_model(p))} for k, p in enumerate(paths)]
     snaps = sorted(snaps, key=lambda s: s["step"])
     for s in snaps:
         s["table"] = head_table(s["heads"])

@@ -26,7 +26,7 @@ def is_model_dir(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def _step_of(path: Path, default: int) -> int:
+def step_of(path: Path, default: int) -> int:
     digits = re.findall(r"\d+", path.name)
     return int(digits[-1]) if digits else default
 
@@ -41,7 +41,7 @@ def checkpoint_dirs(dirs) -> list[Path]:
         if is_model_dir(d):
             found.append(d)
             continue
-        subs = sorted((s for s in d.iterdir() if s.is_dir() and is_model_dir(s)), key=lambda s: _step_of(s, 0))
+        subs = sorted((s for s in d.iterdir() if s.is_dir() and is_model_dir(s)), key=lambda s: step_of(s, 0))
         if not subs:
             raise ValueError(f"{d} holds no saved wavefield model ({CONFIG_NAME} + {WEIGHTS_NAME})")
         found.extend(subs)
