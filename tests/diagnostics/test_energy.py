@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from wavefield.diagnostics import field_energy, field_amplitude, head_params, head_table, parseval_check, physics_summary
+from wavefield.diagnostics import field_amplitude, field_energy, head_params, head_table, parseval_check, physics_summary
 from wavefield.diagnostics.energy import parseval_error, spectral_energy
 from wavefield.diagnostics.flow import mixer_inputs, wave_deposits, wave_mixers
 from wavefield.ops import propagate

@@ -56,7 +56,9 @@ def test_history_from_metrics_shows_the_heads_moving(trained_run):
     assert max(abs(a["omega"] - b["omega"]) for a, b in zip(first, last)) > 1e-3
 
 
-def test_history_skips_a_line_cut_short(tmp_path):
+def test_history_skips_malformed_records_and_a_line_cut_short(tmp_path):
     rec = {"step": 5, "heads": [{"layer": 0, "omega": [1.0], "alpha": [0.1], "phi": [0.0]}]}
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n" + json.dumps(rec) + "\n" + '{"step": 9, "hea')
+    odd = {"step": 7, "heads": [{"layer": 0, "omega": [1.0, 2.0], "alpha": [0.1]}]}  # not one entry per head
+    lines = [json.dumps({"step": 1, "loss": 3.0}), json.dumps(rec), json.dumps(odd), '{"step": 9, "hea']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     assert [h["step"] for h in metrics_history([tmp_path])] == [5]

@@ -16,7 +16,7 @@ from .causality import causality_audit
 from .energy import field_energy, parseval_check
 from .flow import effective_attention, field_amplitude, impulse_responses, wave_mixers, wavefronts
 from .heads import LOCAL_MAX, LONG_MIN, head_params, head_table
-from .sources import DEFAULT_PROMPT, step_of, checkpoint_dirs, encode_prompt, load_model, metrics_history
+from .sources import DEFAULT_PROMPT, checkpoint_dirs, encode_prompt, load_model, metrics_history, step_of
 
 MAX_TOKENS = 512  # longest prompt diagnosed: the effective-attention maps are N x N
 AUDIT_TOKENS = 128  # positions perturbed by the causality audit (each costs one forward pass)
@@ -99,7 +99,9 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
     history = [s for s in _history(dirs, paths) if len(s["table"]) == len(table)]
     audit = causality_audit(model, ids[:AUDIT_TOKENS])
     report = {
-        "model": {"path": str(paths[-1]), "config": cfg.to_dict(), "n_parameters": model.num_parameters(), "checkpoints": [str(p) for p in paths]},
+        "model": {
+            "path": str(paths[-1]), "config": cfg.to_dict(), "n_parameters": model.num_parameters(), "checkpoints": [str(p) for p in paths],
+        },
         "prompt": {"text": text, "ids": ids.tolist(), "tokens": tokens, "tokenizer": tokenizer},
         "notes": notes,
         "thresholds": {"local_below_reach": LOCAL_MAX, "long_from_reach": LONG_MIN, "reach": "1/alpha, tokens"},
@@ -116,8 +118,8 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
         report["impulse_response"] = impulse_responses(model, int(min(max(longest, IMPULSE_TOKENS[0]), IMPULSE_TOKENS[1])))
     report = _rounded(report)
 
-    figures = {"effective_attention.png": plots.effective_attention(report["effective_attention"]["maps"], tokens, report["effective_attention"]["layers"]),
-               "causality.png": plots.causality(audit)}
+    attention = report["effective_attention"]
+    figures = {"effective_attention.png": plots.effective_attention(attention["maps"], tokens, attention["layers"]), "causality.png": plots.causality(audit)}
     if has_wave:
         figures["heads.png"] = plots.heads_heatmap(table)
         figures["energy.png"] = plots.energy(table, report["field_energy"], tokens)
@@ -158,34 +160,69 @@ def _img(figures, name, alt) -> str:
     return f'<img id="fig-{name.split(".")[0]}" alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(figures[name]).decode()}">'
 
 
-def render_html(report: dict, figures: dict) -> str:
-    """One HTML file: tables, inline images and the kernel explorer."""
-    cause, pars = report["causality"], report["parseval"]
-    verdict = lambda ok: '<b class="pass">PASS</b>' if ok else '<b class="fail">FAIL</b>'  # noqa: E731
-    tok = [dict(r, token=report["prompt"]["tokens"][r["position"]]) for r in cause["rows"]]
-    sections = [
-        f"<h2>Model</h2><p><code>{html.escape(report['model']['path'])}</code>, {report['model']['n_parameters']:,} parameters, "
-        f"{report['model']['config']['n_layers']} layers ({', '.join(report['model']['config']['layer_types'])}), "
-        f"{report['model']['config']['n_heads']} heads.</p><p>Prompt ({len(report['prompt']['ids'])} tokens): "
-        f"<q>{html.escape(report['prompt']['text'][:400])}</q></p><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in report['notes'])}</ul>",
-        f"<h2>Heads</h2><p>Roles by reach 1/alpha: <b>local</b> below {LOCAL_MAX:g} tokens, <b>medium</b> from {LOCAL_MAX:g} to {LONG_MIN:g}, "
-        f"<b>long</b> from {LONG_MIN:g}. Period 2&pi;/omega; reach to 1/e and to 1%; quality factor omega / (2 alpha).</p>"
-        + _img(figures, "heads.png", "layer x head roles")
-        + _table(report["heads"], ["layer", "head", "omega", "alpha", "phi", "period", "reach_1e", "reach_1pct", "q_factor", "energy", "dissipation", "class"])
-        + (f"<h3>During training ({len(report['history'])} snapshots)</h3>" + _img(figures, "head_history.png", "heads over training") if "head_history.png" in figures else ""),
-        f"<h2>Energy</h2>{_img(figures, 'energy.png', 'energy')}<p>Parseval check of the FFT path (relative gap between time- and frequency-domain energy, "
-        f"tolerance {pars['tolerance']:g}): {verdict(pars['passed'])}, largest gap {pars['max_error']:.3g}.</p>"
-        + _table(pars["layers"], ["layer", "kernel_error", "field_error"]),
-        f"<h2>Causality audit</h2><p>Each of the first {len(cause['rows'])} tokens replaced in turn; largest logit change at earlier positions "
-        f"{cause['max_change_before']:.3g} = {cause['max_relative']:.3g} x max |logit| (tolerance {cause['tolerance']:g}): {verdict(cause['passed'])}.</p>"
-        + _img(figures, "causality.png", "causality audit")
-        + f"<details><summary>Per position</summary>{_table(tok, ['position', 'token', 'max_change_before', 'change_at'])}</details>",
+def _verdict(ok: bool) -> str:
+    return '<b class="pass">PASS</b>' if ok else '<b class="fail">FAIL</b>'
+
+
+def _model_section(report) -> str:
+    m, p, cfg = report["model"], report["prompt"], report["model"]["config"]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"])
+    return (
+        f"<h2>Model</h2><p><code>{html.escape(m['path'])}</code>, {m['n_parameters']:,} parameters, {cfg['n_layers']} layers "
+        f"({', '.join(cfg['layer_types'])}), {cfg['n_heads']} heads.</p>"
+        f"<p>Prompt ({len(p['ids'])} tokens): <q>{html.escape(p['text'][:400])}</q></p><ul>{notes}</ul>"
+    )
+
+
+def _heads_section(report, figures) -> str:
+    columns = ["layer", "head", "omega", "alpha", "phi", "period", "reach_1e", "reach_1pct", "q_factor", "energy", "dissipation", "class"]
+    text = (
+        f"<h2>Heads</h2><p>Roles by reach 1/alpha: <b>local</b> below {LOCAL_MAX:g} tokens, <b>medium</b> from {LOCAL_MAX:g} "
+        f"to {LONG_MIN:g}, <b>long</b> from {LONG_MIN:g}. Period 2&pi;/omega; reach to 1/e and to 1%; quality factor omega / (2 alpha).</p>"
+    )
+    text += _img(figures, "heads.png", "layer x head roles") + _table(report["heads"], columns)
+    if "head_history.png" in figures:
+        text += f"<h3>During training ({len(report['history'])} snapshots)</h3>" + _img(figures, "head_history.png", "heads over training")
+    return text
+
+
+def _energy_section(report, figures) -> str:
+    pars = report["parseval"]
+    return (
+        f"<h2>Energy</h2>{_img(figures, 'energy.png', 'energy')}<p>Parseval check of the FFT path (relative gap between time- and "
+        f"frequency-domain energy, tolerance {pars['tolerance']:g}): {_verdict(pars['passed'])}, largest gap {pars['max_error']:.3g}.</p>"
+        + _table(pars["layers"], ["layer", "kernel_error", "field_error"])
+    )
+
+
+def _causality_section(report, figures) -> str:
+    audit = report["causality"]
+    rows = [dict(r, token=report["prompt"]["tokens"][r["position"]]) for r in audit["rows"]]
+    return (
+        f"<h2>Causality audit</h2><p>Each of the first {len(rows)} tokens replaced in turn; largest logit change at earlier positions "
+        f"{audit['max_change_before']:.3g} = {audit['max_relative']:.3g} x max |logit| (tolerance {audit['tolerance']:g}): "
+        f"{_verdict(audit['passed'])}.</p>" + _img(figures, "causality.png", "causality audit")
+        + f"<details><summary>Per position</summary>{_table(rows, ['position', 'token', 'max_change_before', 'change_at'])}</details>"
+    )
+
+
+def _flow_section(figures) -> str:
+    return (
         "<h2>Information flow</h2>"
         + _img(figures, "field.gif", "the field building up token by token")
         + _img(figures, "field_amplitude.png", "field amplitude")
         + _img(figures, "impulse_response.png", "impulse responses")
-        + "<p>Effective attention: the share of token s in the layer's output at t, from the exact decomposition of the output into one term per earlier token.</p>"
-        + _img(figures, "effective_attention.png", "effective attention"),
+        + "<p>Effective attention: the share of token s in the layer's output at t, from the exact decomposition of the "
+        "output into one term per earlier token.</p>"
+        + _img(figures, "effective_attention.png", "effective attention")
+    )
+
+
+def render_html(report: dict, figures: dict) -> str:
+    """One HTML file: tables, inline images and the kernel explorer."""
+    sections = [
+        _model_section(report), _heads_section(report, figures), _energy_section(report, figures),
+        _causality_section(report, figures), _flow_section(figures),
     ]
     template = resources.files(__package__).joinpath("report.html").read_text()
     return template.replace("__SECTIONS__", "\n".join(sections)).replace("__HEADS__", json.dumps(report["heads"]))

@@ -55,6 +55,15 @@ def load_model(path: Path) -> WaveFieldLM:
         raise ValueError(str(e)) from None
 
 
+def _is_heads(heads) -> bool:
+    """[{"layer", "omega", "alpha", "phi"}] with one number per head in each list."""
+    return isinstance(heads, list) and all(
+        isinstance(h, dict) and isinstance(h.get("layer"), int)
+        and all(isinstance(h.get(k), list) and len(h[k]) == len(h["omega"]) for k in ("omega", "alpha", "phi"))
+        for h in heads
+    )
+
+
 def metrics_history(dirs) -> list[dict]:
     """[{"step", "source", "heads"}] from the records with a "heads" entry in any metrics.jsonl
     found in dirs or their parents, in step order."""
@@ -66,7 +75,7 @@ def metrics_history(dirs) -> list[dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash mid-write
-            if isinstance(rec, dict) and isinstance(rec.get("heads"), list):
+            if isinstance(rec, dict) and _is_heads(rec.get("heads")):
                 history.append({"step": rec.get("step", n), "source": str(f), "heads": rec["heads"]})
     return sorted(history, key=lambda r: r["step"])
 
