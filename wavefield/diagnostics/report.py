@@ -197,7 +197,7 @@ def _energy_section(report, figures) -> str:
 
 def _causality_section(report, figures) -> str:
     audit = report["causality"]
-    rows = [dict(r, token=report["prompt"]["tokens"][r["position"]]) for r in audit["rows"]]
+    rows = [dict(r, token=repr(report["prompt"]["tokens"][r["position"]])) for r in audit["rows"]]
     return (
         f"<h2>Causality audit</h2><p>Each of the first {len(rows)} tokens replaced in turn; largest logit change at earlier positions "
         f"{audit['max_change_before']:.3g} = {audit['max_relative']:.3g} x max |logit| (tolerance {audit['tolerance']:g}): "

@@ -101,4 +101,4 @@ def encode_prompt(folder: Path, text: str, vocab_size: int):
     note = "UTF-8 bytes (no tokenizer.json in the model folder)"
     if vocab_size < 256:
         note += f", taken modulo vocab_size {vocab_size}"
-    return [b % vocab_size for b in data], [chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in data], note
+    return [b % vocab_size for b in data], [chr(b) if b < 128 else f"<{b:02x}>" for b in data], note
