@@ -155,14 +155,18 @@ def impulse_response(resp, table) -> bytes:
 def effective_attention(maps, tokens, layers) -> bytes:
     """Share of each earlier token s in the output at t, per layer."""
     maps = np.asarray(maps)
-    fig, axes = plt.subplots(1, len(maps), figsize=(5.2 * len(maps), 5), squeeze=False)
-    for ax, layer, m in zip(axes[0], layers, maps):
+    cols = min(len(maps), 2)
+    rows = -(-len(maps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5.6 * rows), squeeze=False)
+    for ax in axes.flat[len(maps):]:
+        ax.set_visible(False)
+    for ax, layer, m in zip(axes.flat, layers, maps):
         m = np.where(m > 0, m, np.nan)
         im = ax.imshow(m, cmap="viridis", norm=LogNorm(1e-4, 1), interpolation="nearest")
         _token_axis(ax, tokens, "x")
         _token_axis(ax, tokens, "y")
         ax.set_title(f"layer {layer}: output t (rows) <- token s (columns)", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), label="share of |contribution|, rows sum to 1", shrink=0.8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="share of |contribution|, rows sum to 1", shrink=0.8)
     return _png(fig)
 
 
