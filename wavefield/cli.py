@@ -32,7 +32,8 @@ def run_diagnose(args) -> int:
         return 2
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     print(f"heads: {len(report['heads'])}, prompt: {len(report['prompt']['ids'])} tokens ({report['prompt']['tokenizer']})")
-    print(f"Parseval check: {verdict(report['parseval']['passed'])} (largest gap {report['parseval']['max_error']:.2e})")
+    if report["parseval"]["layers"]:
+        print(f"Parseval check: {verdict(report['parseval']['passed'])} (largest gap {report['parseval']['max_error']:.2e})")
     print(f"causality audit: {verdict(report['causality']['passed'])} (largest relative change before j {report['causality']['max_relative']:.2e})")
     print(f"report: {report['outputs']['html']}")
     return 0 if report["parseval"]["passed"] and report["causality"]["passed"] else 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.cli import main
 from wavefield.diagnostics import head_params, head_table, kernel_energy
 from wavefield.diagnostics.sources import encode_prompt
@@ -67,6 +68,18 @@ def test_several_checkpoint_folders(trained_run, tmp_path):
     from_folders = [h for h in data["history"] if "checkpoints" in h["source"]]
     assert [h["step"] for h in from_folders] == [0, 16, 32, 48]
     assert from_folders[0]["heads"] != from_folders[-1]["heads"]  # the heads moved in training
+
+
+def test_a_transformer_gets_the_audit_and_its_attention_map(tmp_path):
+    torch.manual_seed(0)
+    cfg = WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["attention"] * 2)
+    WaveFieldLM(cfg).save_pretrained(tmp_path / "tf")
+    assert main(["diagnose", str(tmp_path / "tf"), "--prompt", "Is't possible?"]) == 0
+    data = json.loads((tmp_path / "tf" / "diagnostics" / "diagnostics.json").read_text())
+    assert data["heads"] == [] and data["causality"]["passed"]
+    assert data["figures"] == ["causality.png", "effective_attention.png"]
+    maps = torch.tensor(data["effective_attention"]["maps"])
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, len("Is't possible?")), rtol=1e-5, atol=1e-5)
 
 
 def _refused(capsys, argv):
