@@ -1,0 +1,75 @@
+"""Information flow: the effective attention is an exact decomposition, impulse responses and
+field amplitudes mean what they say."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wavefield import WaveFieldConfig, WaveFieldLM
+from wavefield.diagnostics import effective_attention, field_amplitude, head_params, head_table, impulse_responses, wavefronts
+from wavefield.diagnostics.flow import contributions, mixer_inputs, wave_deposits, wave_mixers
+
+
+def hybrid():
+    torch.manual_seed(1)
+    return WaveFieldLM(WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "attention"])).eval()
+
+
+@pytest.mark.parametrize("which", ["trained wave", "hybrid"])
+def test_contributions_sum_to_the_mixer_output(trained_run, sample_ids, which):
+    model = trained_run[1] if which == "trained wave" else hybrid()
+    xs = mixer_inputs(model, sample_ids)
+    for block, x in zip(model.blocks, xs):
+        with torch.no_grad():
+            c = contributions(block.mixer, x)  # (N, N, D)
+            out = block.mixer(x[None])[0]
+        assert (c.abs().sum(-1).triu(1) == 0).all()  # nothing flows from a later token
+        torch.testing.assert_close(c.sum(1), out, rtol=1e-4, atol=1e-5 * out.abs().max().item())
+
+
+def test_effective_attention_rows_are_shares(trained_run, sample_ids):
+    _, model, _ = trained_run
+    maps = effective_attention(model, sample_ids, block_rows=16)
+    N = len(sample_ids)
+    assert maps.shape == (2, N, N) and (maps >= 0).all()
+    assert (maps.triu(1) == 0).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, N))
+    torch.testing.assert_close(maps, effective_attention(model, sample_ids, block_rows=N))
+
+
+def test_impulse_responses_follow_the_head_table(trained_run):
+    _, model, _ = trained_run
+    resp = impulse_responses(model, 300).double().numpy()  # (L, H, 300)
+    t = np.arange(300)
+    for r in head_table(head_params(model)):
+        expected = -math.expm1(-r["alpha"]) * np.exp(-r["alpha"] * t) * np.cos(r["omega"] * t + r["phi"])
+        np.testing.assert_allclose(resp[r["layer"], r["head"]], expected, atol=2e-6)
+
+
+def test_field_amplitude_starts_at_the_first_deposit(trained_run, sample_ids):
+    _, model, _ = trained_run
+    amp = field_amplitude(model, sample_ids)  # (L, H, N)
+    xs = mixer_inputs(model, sample_ids)
+    for k, (i, m) in enumerate(wave_mixers(model)):
+        u0 = wave_deposits(m, xs[i])[0][0].detach()  # (H, d): s[0] = u[0]
+        gain = -torch.expm1(-m.alpha.detach())
+        torch.testing.assert_close(amp[k, :, 0], gain * u0.pow(2).mean(-1).sqrt(), rtol=1e-4, atol=1e-7)
+
+
+def test_wavefronts_are_the_damped_wave_of_each_deposit(trained_run, sample_ids):
+    """front[t, h, s] = kappa_h(t - s) * |u_h[s]| for s <= t, zero after t."""
+    _, model, _ = trained_run
+    fronts = wavefronts(model, sample_ids)  # (T, L * H, N)
+    N = len(sample_ids)
+    xs = mixer_inputs(model, sample_ids)
+    size = torch.cat([wave_deposits(m, xs[i])[0].detach().norm(dim=-1).T for i, m in wave_mixers(model)])  # (L * H, N)
+    lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (t, s)
+    rows = []
+    for r in head_table(head_params(model)):
+        kappa = -math.expm1(-r["alpha"]) * torch.exp(-r["alpha"] * lag.double()) * torch.cos(r["omega"] * lag.double() + r["phi"])
+        rows.append(torch.where(lag >= 0, kappa, 0.0))
+    expected = torch.stack(rows, dim=1) * size.double()[None]  # (t, row, s)
+    assert fronts.shape == (N, 8, N)
+    torch.testing.assert_close(fronts.double(), expected, rtol=1e-4, atol=1e-6)

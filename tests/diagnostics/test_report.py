@@ -1,0 +1,185 @@
+"""`wavefield diagnose` end to end: every output written, bad input refused, and the HTML report
+working in a real headless Chromium (skipped where Chromium and its driver are absent)."""
+
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wavefield import WaveFieldConfig, WaveFieldLM
+from wavefield.cli import main
+from wavefield.diagnostics import head_params, head_table, kernel_energy
+from wavefield.diagnostics.sources import encode_prompt
+
+PROMPT = "Ham.\nHere's the commission: read it at more leisure.\nBut wilt thou hear now how I did proceed?"
+
+
+@pytest.fixture(scope="module")
+def report(trained_run, tmp_path_factory):
+    run, model, _ = trained_run
+    out = tmp_path_factory.mktemp("report")
+    assert main(["diagnose", str(run), "--out", str(out / "diag"), "--prompt", PROMPT, "--json", str(out / "all.json")]) == 0
+    return out / "diag", json.loads((out / "all.json").read_text()), model
+
+
+def test_every_output_is_written(report):
+    out, data, model = report
+    assert json.loads((out / "diagnostics.json").read_text()) == data
+    assert data["prompt"]["ids"] == list(PROMPT.encode())
+    assert "bytes" in data["prompt"]["tokenizer"]  # said so: no tokenizer in this folder
+    assert data["parseval"]["passed"] and data["causality"]["passed"]
+    assert len(data["causality"]["rows"]) == len(PROMPT)
+    assert [r["class"] for r in data["heads"]] == [r["class"] for r in head_table(head_params(model))]
+    assert [h["step"] for h in data["history"]] == [0, 16, 32, 48]  # the validation records of metrics.jsonl
+    N = len(PROMPT)
+    assert torch.tensor(data["effective_attention"]["maps"]).shape == (2, N, N)
+    assert torch.tensor(data["field_amplitude"]).shape == (2, 4, N)
+    assert torch.tensor(data["field_energy"]).shape == (2, N)
+    for name in data["figures"]:
+        with Image.open(out / name) as im:
+            assert im.width > 300 and im.height > 150
+    assert set(data["figures"]) >= {"heads.png", "head_history.png", "energy.png", "causality.png", "field_amplitude.png",
+                                    "impulse_response.png", "effective_attention.png", "field.gif"}
+    with Image.open(out / "field.gif") as gif:
+        assert gif.n_frames == min(N, 64)
+        gif.seek(1)
+        early = gif.convert("RGB").tobytes()
+        gif.seek(gif.n_frames - 1)
+        assert gif.convert("RGB").tobytes() != early  # the field builds up
+
+
+def test_html_is_self_contained(report):
+    html = (report[0] / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I)
+    assert "<script src" not in html and "@import" not in html
+    assert html.count("data:image/png;base64,") == 7 and html.count("data:image/gif;base64,") == 1
+
+
+def test_several_checkpoint_folders(trained_run, tmp_path):
+    run, _, _ = trained_run
+    assert main(["diagnose", str(run / "checkpoints"), "--out", str(tmp_path / "d"), "--prompt", "Is't possible?"]) == 0
+    data = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert data["model"]["checkpoints"] == [str(run / "checkpoints" / f"step-{s:04d}") for s in (0, 16, 32, 48)]
+    from_folders = [h for h in data["history"] if "checkpoints" in h["source"]]
+    assert [h["step"] for h in from_folders] == [0, 16, 32, 48]
+    assert from_folders[0]["heads"] != from_folders[-1]["heads"]  # the heads moved in training
+
+
+def test_a_transformer_gets_the_audit_and_its_attention_map(tmp_path):
+    torch.manual_seed(0)
+    cfg = WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["attention"] * 2)
+    WaveFieldLM(cfg).save_pretrained(tmp_path / "tf")
+    assert main(["diagnose", str(tmp_path / "tf"), "--prompt", "Is't possible?"]) == 0
+    data = json.loads((tmp_path / "tf" / "diagnostics" / "diagnostics.json").read_text())
+    assert data["heads"] == [] and data["causality"]["passed"]
+    assert data["figures"] == ["causality.png", "effective_attention.png"]
+    maps = torch.tensor(data["effective_attention"]["maps"])
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, len("Is't possible?")), rtol=1e-5, atol=1e-5)
+
+
+def _refused(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wavefield diagnose: error:") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_refused_without_touching_files(trained_run, tmp_path, capsys):
+    run, _, _ = trained_run
+    assert "not a folder" in _refused(capsys, ["diagnose", str(tmp_path / "missing")])
+    assert "no saved wavefield model" in _refused(capsys, ["diagnose", str(tmp_path)])
+    assert "prompt is empty" in _refused(capsys, ["diagnose", str(run), "--out", str(tmp_path / "o"), "--prompt", "  "])
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    assert "refusing to overwrite" in _refused(capsys, ["diagnose", str(run), "--out", str(tmp_path / "o"), "--json", str(mine)])
+    assert mine.read_text() == '{"my": "notes"}'
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "report.html").write_text("my page")
+    assert "not written by wavefield diagnose" in _refused(capsys, ["diagnose", str(run), "--out", str(folder)])
+    assert (folder / "report.html").read_text() == "my page" and sorted(p.name for p in folder.iterdir()) == ["report.html"]
+
+
+def test_prompt_uses_the_run_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="?"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator([PROMPT] * 4, tokenizers.trainers.BpeTrainer(vocab_size=60, special_tokens=["?"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ids, pieces, how = encode_prompt(tmp_path, "read it at more leisure", 60)
+    assert ids == tok.encode("read it at more leisure").ids and len(ids) < len("read it at more leisure")
+    assert "".join(pieces) == "readitatmoreleisure" and "tokenizer.json" in how
+    with pytest.raises(ValueError, match="beyond the model's vocab_size"):
+        encode_prompt(tmp_path, "read it", 3)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1300,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_report_opens_in_chromium(report, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    out, data, _ = report
+    browser.get((out / "report.html").as_uri())
+    assert browser.title == "wavefield diagnostics"
+    widths = browser.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == 8 and min(widths) > 300  # every inline figure decoded
+    canvas = lambda: browser.execute_script("return document.getElementById('kernel-canvas').toDataURL()")  # noqa: E731
+    text = lambda id: browser.find_element(By.ID, id).text  # noqa: E731
+    value = lambda id: float(browser.find_element(By.ID, id).get_attribute("value"))  # noqa: E731
+
+    # a head of the model as the starting point: its numbers arrive on the sliders
+    head = max(data["heads"], key=lambda r: r["q_factor"])
+    Select(browser.find_element(By.ID, "preset")).select_by_index(1 + data["heads"].index(head))
+    assert value("omega") == pytest.approx(head["omega"], abs=1e-3)
+    assert 10 ** value("alpha") == pytest.approx(head["alpha"], rel=0.03)
+    assert text("readout-class") == head["class"]
+
+    # moving a slider redraws the kernel, and the page's physics agrees with the library's
+    before, energy_before = canvas(), text("readout-energy")
+    browser.find_element(By.ID, "omega").send_keys(Keys.ARROW_LEFT * 40)
+    browser.find_element(By.ID, "alpha").send_keys(Keys.ARROW_LEFT * 30)
+    assert canvas() != before and text("readout-energy") != energy_before
+    omega, alpha, phi = value("omega"), 10 ** value("alpha"), value("phi")
+    expected = kernel_energy(*(torch.tensor([v], dtype=torch.float64) for v in (omega, alpha, phi))).item()
+    assert float(text("readout-energy").split()[-1]) == pytest.approx(expected, rel=1e-5)
+    if omega / (2 * alpha) > 3:  # a ringing head: its spectrum peaks at its own frequency
+        assert float(text("readout-peak").split()[-1]) == pytest.approx(omega, abs=0.05)
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+    # the screenshot shows the explorer with its kernel drawn
+    browser.execute_script("document.getElementById('explorer').scrollIntoView()")
+    shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    rect = browser.execute_script(
+        "const r = document.getElementById('kernel-canvas').getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, devicePixelRatio]")
+    box = [round(v * rect[4]) for v in rect[:4]]
+    assert box[3] <= shot.height, "the kernel canvas is not inside the screenshot"
+    drawn = np.asarray(shot.crop(box)).astype(int)
+    blue = (np.abs(drawn - [31, 119, 180]).max(-1) < 40).sum()  # the curve's colour, #1f77b4
+    assert blue > 300, f"only {blue} pixels of the kernel curve in the screenshot"
+    assert len(np.unique(np.asarray(shot).reshape(-1, 3), axis=0)) > 50  # a rendered page, not a blank one

@@ -1,0 +1,15 @@
+"""Physics diagnostics of wave-field models: heads as oscillators, energy, causality, and the
+flow of information through the field. `wavefield.diagnostics.report.diagnose` gathers them
+into one report (its figures need the `diagnostics` extra: matplotlib and Pillow)."""
+
+from .causality import causality_audit
+from .energy import field_energy, kernel_energy, parseval_check, physics_summary
+from .flow import effective_attention, field_amplitude, impulse_responses, wavefronts
+from .heads import LOCAL_MAX, LONG_MIN, head_class, head_params, head_table
+
+__all__ = [
+    "causality_audit", "field_energy", "kernel_energy", "parseval_check", "physics_summary",
+    "effective_attention", "field_amplitude", "impulse_responses", "wavefronts",
+    "LOCAL_MAX", "LONG_MIN", "head_class", "head_params", "head_table",
+]
+
