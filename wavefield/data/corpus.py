@@ -6,7 +6,10 @@ A corpus is a list of documents (name, text):
   * `--data PATH`: a .txt file (one document), a .jsonl file (one document per record, its
     "text" field), or a folder of .txt / .jsonl files (searched recursively, sorted by path);
   * `--data hf:NAME[/CONFIG]`: a dataset through HF `datasets` (needs network or a local
-    copy), one document per row of its "text" column, with its own splits kept.
+    copy), one document per row of its "text" column, with its own train / validation / test
+    splits when it has all three. `hf:wikitext/wikitext-2-raw-v1` is NAME/CONFIG,
+    `hf:org/name/config` too; write `hf:org/name/` for an org/name dataset without a config.
+    A local folder of data files, `hf:/path/to/folder`, is loaded whole.
 
 Split rule (deterministic): with 10 or more documents the split is by whole documents, in
 their sorted order: document i goes to val if i % 10 == 8, to test if i % 10 == 9, to train
@@ -89,7 +92,9 @@ def load_hf(spec: str) -> Corpus:
         import datasets
     except ImportError:
         raise ValueError("--data hf:... needs HF datasets: pip install datasets") from None
-    name, _, config = spec.partition("/")
+    name, config = spec, None
+    if not Path(spec).exists() and spec.count("/") in (1, 2):  # a local folder is taken whole
+        name, _, config = spec.rpartition("/")
     try:
         ds = datasets.load_dataset(name, config or None)
     except Exception as e:  # network, unknown name: one line for the user
