@@ -167,7 +167,10 @@ def run_info(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag argparse rejected (already printed)
+        return e.code
     if args.command is None:
         parser.print_help()
         return 0

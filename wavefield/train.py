@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +315,8 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from tqdm import tqdm
 
-    bar = tqdm(total=a.max_steps, initial=start, disable=not writer, dynamic_ncols=True, mininterval=0.5, desc="train")
+    # the bar shows on a terminal; elsewhere (logs, pipes) only the validation lines are printed
+    bar = tqdm(total=a.max_steps, initial=start, disable=None if writer else True, dynamic_ncols=True, mininterval=0.5, desc="train")
     tokens_per_step, last_good, t0 = a.batch_size * a.seq_len * world, (start if saved else None), time.perf_counter()
     try:
         for step in range(start, a.max_steps):
@@ -347,7 +349,10 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
                 bar.set_postfix_str(f"loss {loss_value:.3f} ppl {math.exp(min(loss_value, 700)):.1f} {rate:,.0f} tok/s")
             if writer and (done % a.eval_interval == 0 or done == a.max_steps):
                 val = evaluate_tokens(model, val_tokens, a.seq_len, a.batch_size, device, a.eval_windows, a.bf16)
-                metrics.log(eval_record(model, done, summarize(val["nll"], val["tokens"], data.bytes_per_token("val"))))
+                val = summarize(val["nll"], val["tokens"], data.bytes_per_token("val"))
+                metrics.log(eval_record(model, done, val))
+                bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val['loss']:.4f}  val ppl {val['ppl']:.2f}  "
+                          f"val bits/byte {val['bpb']:.4f}  {(done - start) * tokens_per_step / elapsed:,.0f} tok/s", file=sys.stderr)
             end = done == a.max_steps or signalled
             if writer and (done % a.checkpoint_interval == 0 or end):
                 save_checkpoint(out, model, optimizer, data.tokenizer, dataclasses.asdict(a), done, data_info)
