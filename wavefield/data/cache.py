@@ -5,7 +5,8 @@
     <cache>/<key>/meta.json        dtype, token and UTF-8 byte counts per split
 
 The key hashes the corpus content (and its split) with the tokenizer choice, so a second run
-on the same data starts at once and a changed file is never served stale. An entry is written
+on the same data starts at once and a changed file is never served stale; a link keyed by
+the tokenizer's own fingerprint lets eval find the entry from a checkpoint's tokenizer. An entry is written
 into a temporary folder and renamed into place whole.
 """
 
@@ -63,14 +64,13 @@ def prepare_data(corpus: Corpus, kind: str = "bpe", vocab_size: int = 8192, cach
     """Tokenise `corpus` with `tokenizer` (or a new one of `kind`), reusing the cache when it can."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     recipe = tokenizer.fingerprint() if tokenizer is not None else f"{kind}-{vocab_size if kind == 'bpe' else ''}"
-    key = hashlib.sha256(f"v{CACHE_VERSION}\0{corpus.digest()}\0{recipe}".encode()).hexdigest()[:24]
-    folder = cache_dir / key
+    folder = cache_dir / cache_key(corpus, recipe)
     if (folder / "meta.json").is_file():
         return TokenData(folder)
     if tokenizer is None:
         tokenizer = build_tokenizer(kind, corpus.splits["train"], vocab_size)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
         tokenize_corpus(corpus, tokenizer, tmp)
         try:
@@ -80,4 +80,14 @@ def prepare_data(corpus: Corpus, kind: str = "bpe", vocab_size: int = 8192, cach
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    alias = cache_dir / cache_key(corpus, tokenizer.fingerprint())  # found again from a checkpoint's tokenizer
+    if alias != folder and not alias.exists():
+        try:
+            alias.symlink_to(folder.name)
+        except OSError:  # a race or a file system without links: the alias is only a shortcut
+            pass
     return TokenData(folder)
+
+
+def cache_key(corpus: Corpus, recipe: str) -> str:
+    return hashlib.sha256(f"v{CACHE_VERSION}\0{corpus.digest()}\0{recipe}".encode()).hexdigest()[:24]
