@@ -49,6 +49,7 @@ def add_train(commands):
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_threads(p)
     p.add_argument("--layer-types", help="comma-separated wave|attention, one per layer")
     model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
     for f in dataclasses.fields(WaveFieldConfig):
@@ -87,6 +88,7 @@ def add_eval(commands):
     p.add_argument("--cache-dir")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads(p)
     p.set_defaults(run=run_eval)
 
 
@@ -118,6 +120,7 @@ def add_generate(commands):
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_threads(p)
     p.set_defaults(run=run_generate)
 
 
@@ -165,6 +168,20 @@ def run_info(args) -> int:
     return 0
 
 
+def add_threads(p):
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's, one per core); "
+                   "1 is often faster on a machine that other work keeps busy")
+
+
+def set_threads(threads):
+    if threads is not None:
+        if not 1 <= threads <= 1024:
+            raise ValueError(f"--threads must be between 1 and 1024, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -175,6 +192,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        set_threads(getattr(args, "threads", None))
         return args.run(args)
     except (ValueError, OSError) as e:  # bad input: one line, no traceback
         print(f"wavefield {args.command}: error: {e}", file=sys.stderr)

@@ -60,10 +60,11 @@ def evaluate_checkpoint(path, data=None, split="val", seq_len=None, batch_size=8
     from .data import load_corpus, prepare_data
 
     model, tokenizer, state = load_checkpoint(path, device)
-    if data is None and state is not None:
-        data = state["args"]["data"]
-    if seq_len is None:
-        seq_len = state["args"]["seq_len"] if state is not None else 256
+    if state is not None:  # by default, the training run's corpus, window and cache
+        data = data if data is not None else state["args"]["data"]
+        seq_len = seq_len or state["args"]["seq_len"]
+        cache_dir = cache_dir or state["args"]["cache_dir"]
+    seq_len = seq_len or 256
     corpus = load_corpus(data)
     tokens = prepare_data(corpus, cache_dir=cache_dir, tokenizer=tokenizer)
     if len(tokens.tokens[split]) < 2:

@@ -38,7 +38,7 @@ from .model import WaveFieldLM
 PRESETS = {
     # ~1.2M parameters (0.8M of them the 8192 x 96 embedding): a few minutes on a 2-core CPU
     "tiny": {"model": dict(d_model=96, n_layers=3, n_heads=4),
-             "train": dict(seq_len=128, batch_size=16, lr=3e-3, max_steps=400, eval_interval=100)},
+             "train": dict(seq_len=128, batch_size=16, lr=3e-3, max_steps=300, eval_interval=100)},
     # ~6.4M parameters
     "small": {"model": dict(d_model=256, n_layers=5, n_heads=8),
               "train": dict(seq_len=256, batch_size=32, lr=1e-3, max_steps=5000, eval_interval=250)},
