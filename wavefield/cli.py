@@ -40,10 +40,16 @@ def add_train(commands):
     p.add_argument("--tokenizer", choices=list(TOKENIZERS), help="bpe (trained on the corpus, default), gpt2, or bytes")
     p.add_argument("--vocab-size", type=int, help="size of the trained BPE tokenizer (default 8192)")
     p.add_argument("--out", help="run folder (default runs/PRESET)")
-    for name, kind in [("max_steps", int), ("decay_steps", int), ("warmup_steps", int), ("seq_len", int), ("batch_size", int),
-                       ("lr", float), ("min_lr_ratio", float), ("weight_decay", float), ("grad_clip", float), ("seed", int),
-                       ("eval_interval", int), ("eval_windows", int), ("checkpoint_interval", int), ("log_interval", int)]:
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind)
+    for name, kind, text in [
+        ("max_steps", int, "optimizer steps (a preset's default)"), ("decay_steps", int, "length of the cosine decay (default max-steps)"),
+        ("warmup_steps", int, "linear warm-up (default max-steps / 10, at most 100)"), ("seq_len", int, "tokens per training window"),
+        ("batch_size", int, "windows per step, per process"), ("lr", float, "peak learning rate"),
+        ("min_lr_ratio", float, "final learning rate / peak (default 0.1)"), ("weight_decay", float, "AdamW weight decay on matrices (default 0.1)"),
+        ("grad_clip", float, "gradient norm clip, 0 = off (default 1.0)"), ("seed", int, "seed for weights and batches (default 0)"),
+        ("eval_interval", int, "steps between validations"), ("eval_windows", int, "validation windows scored each time (default 64)"),
+        ("checkpoint_interval", int, "steps between checkpoints (default eval-interval)"), ("log_interval", int, "steps between metrics lines (default 10)"),
+    ]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -54,7 +60,7 @@ def add_train(commands):
     model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
     for f in dataclasses.fields(WaveFieldConfig):
         if f.name not in ("vocab_size", "layer_types"):
-            model.add_argument(f"--{f.name.replace('_', '-')}", dest=f"model.{f.name}", type=type(f.default))
+            model.add_argument(f"--{f.name.replace('_', '-')}", dest=f"model.{f.name}", metavar=f.name.upper(), type=type(f.default))
     p.set_defaults(run=run_train)
 
 
