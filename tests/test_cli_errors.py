@@ -92,7 +92,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_copy, caps
     save_file(tensors, str(weights), metadata={"format": "pt"})
     before = snapshot(run_copy)
     fails(["train", "--out", str(run_copy), "--resume", "--max-steps", "70"], capsys, "at step 61; stopped: the last good checkpoint (step 60) is kept")
-    assert {k: v for k, v in snapshot(run_copy).items() if k.name != "metrics.jsonl"} == {k: v for k, v in before.items() if k.name != "metrics.jsonl"}
+    after = snapshot(run_copy)
+    assert all(after[k] == v for k, v in before.items())  # new TensorBoard event files aside, nothing changed
 
 
 @pytest.mark.parametrize("command", ["eval", "generate", "info"])
