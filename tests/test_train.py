@@ -141,3 +141,12 @@ def test_info_shows_counts_config_and_heads(trained_run, capsys):
     assert main(["info", str(trained_run)]) == 0
     text = capsys.readouterr().out
     assert "omega" in text and f"{model.num_parameters():,}" in text
+
+
+@pytest.mark.parametrize("preset, low, high", [("tiny", 0.9e6, 1.5e6), ("small", 5e6, 8e6), ("base", 20e6, 30e6)])
+def test_presets_have_their_advertised_sizes(preset, low, high):
+    from wavefield import WaveFieldConfig, WaveFieldLM
+    from wavefield.train import PRESETS
+
+    n = WaveFieldLM(WaveFieldConfig(vocab_size=8192, **PRESETS[preset]["model"])).num_parameters()
+    assert low <= n <= high

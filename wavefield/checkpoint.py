@@ -90,6 +90,8 @@ def load_training_state(ckpt: Path, optimizer, saved: dict):
 def load_checkpoint(path, device="cpu"):
     """A run folder or checkpoint folder -> (model, tokenizer, training state or None)."""
     ckpt = checkpoint_dir(path)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
     model = WaveFieldLM.from_pretrained(ckpt, map_location=device).eval()
     tokenizer = Tokenizer.load(ckpt)
     if tokenizer.vocab_size != model.config.vocab_size:

@@ -203,6 +203,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # bad input: one line, no traceback
         print(f"wavefield {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in eval or generate (train saves a checkpoint and returns 130)
+        print(f"wavefield {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
