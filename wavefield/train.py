@@ -196,13 +196,19 @@ class Metrics:
     def __init__(self, out: Path, resume_step: int | None):
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.exists():  # forget what ran after the checkpoint
-            keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
-            write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+            write_text_atomic(self.path, "".join(line + "\n" for line in self.path.read_text().splitlines() if self._step(line) <= resume_step))
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out / "tb"))
         except ImportError:
             self.tb = None
+
+    @staticmethod
+    def _step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
+            return math.inf
 
     def log(self, record: dict):
         with open(self.path, "a") as f:
