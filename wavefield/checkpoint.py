@@ -35,9 +35,11 @@ def checkpoint_dir(path) -> Path:
 def read_state_json(ckpt: Path) -> dict:
     try:
         state = json.loads((ckpt / STATE_JSON).read_text())
-        state["step"], state["args"], state["model_config"]  # noqa: B018 (the keys must exist)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
     if state.get("state_version") != STATE_VERSION:
         raise ValueError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
     return state
