@@ -71,6 +71,7 @@ def prepare_data(corpus: Corpus, kind: str = "bpe", vocab_size: int = 8192, cach
         tokenizer = build_tokenizer(kind, corpus.splits["train"], vocab_size)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
         tokenize_corpus(corpus, tokenizer, tmp)
         try:
