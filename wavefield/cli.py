@@ -1,35 +1,210 @@
-"""The `wavefield` command: thin wrappers over library functions."""
+"""The `wavefield` command: thin wrappers over library functions.
+
+Bad input ends with one line on stderr naming the problem and exit code 2.
+"""
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from . import __version__
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wavefield", description="Language models built on wave-field attention.")
+    parser = Parser(prog="wavefield", description="Language models built on wave-field attention.")
     parser.add_argument("--version", action="version", version=f"wavefield {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    diag = commands.add_parser("diagnose", help="physics diagnostics of a model: heads, energy, causality, information flow")
-    diag.add_argument("dirs", nargs="+", metavar="DIR", help="model folder(s), or a run folder of checkpoints (the last model is diagnosed)")
-    diag.add_argument("--out", help="folder for the report, figures and JSON (default DIR/diagnostics)")
-    diag.add_argument("--prompt", help="text whose information flow is traced (default: a line of Hamlet)")
-    diag.add_argument("--json", help="also write the JSON of every figure to this file")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    add_train(commands)
+    add_eval(commands)
+    add_generate(commands)
+    add_info(commands)
+    add_diagnose(commands)
     return parser
+
+
+# ---------------------------------------------------------------- train
+
+def add_train(commands):
+    from .config import WaveFieldConfig
+    from .data import TOKENIZERS
+    from .train import PRESETS
+
+    p = commands.add_parser("train", help="train a model (default: the tiny preset on the bundled Shakespeare)")
+    p.add_argument("--preset", choices=list(PRESETS), help="model and schedule size (default tiny)")
+    p.add_argument("--data", help="a .txt or .jsonl file, a folder of them, or hf:NAME[/CONFIG] (default: bundled Shakespeare)")
+    p.add_argument("--tokenizer", choices=list(TOKENIZERS), help="bpe (trained on the corpus, default), gpt2, or bytes")
+    p.add_argument("--vocab-size", type=int, help="size of the trained BPE tokenizer (default 8192)")
+    p.add_argument("--out", help="run folder (default runs/PRESET)")
+    for name, kind, text in [
+        ("max_steps", int, "optimizer steps (a preset's default)"), ("decay_steps", int, "length of the cosine decay (default max-steps)"),
+        ("warmup_steps", int, "linear warm-up (default max-steps / 10, at most 100)"), ("seq_len", int, "tokens per training window"),
+        ("batch_size", int, "windows per step, per process"), ("lr", float, "peak learning rate"),
+        ("min_lr_ratio", float, "final learning rate / peak (default 0.1)"), ("weight_decay", float, "AdamW weight decay on matrices (default 0.1)"),
+        ("grad_clip", float, "gradient norm clip, 0 = off (default 1.0)"), ("seed", int, "seed for weights and batches (default 0)"),
+        ("eval_interval", int, "steps between validations"), ("eval_windows", int, "validation windows scored each time (default 64)"),
+        ("checkpoint_interval", int, "steps between checkpoints (default eval-interval)"), ("log_interval", int, "steps between metrics lines (default 10)"),
+    ]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_threads(p)
+    p.add_argument("--layer-types", help="comma-separated wave|attention, one per layer")
+    model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
+    for f in dataclasses.fields(WaveFieldConfig):
+        if f.name not in ("vocab_size", "layer_types"):
+            model.add_argument(f"--{f.name.replace('_', '-')}", dest=f"model.{f.name}", metavar=f.name.upper(), type=type(f.default))
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from .train import TrainArgs, TrainingStopped, train
+
+    values = vars(args)
+    overrides = {k[6:]: v for k, v in values.items() if k.startswith("model.") and v is not None}
+    if args.layer_types is not None:
+        overrides["layer_types"] = [t.strip() for t in args.layer_types.split(",")]
+        overrides.setdefault("n_layers", len(overrides["layer_types"]))
+    fields = {f.name for f in dataclasses.fields(TrainArgs)} - {"model"}
+    try:
+        train(TrainArgs(**{k: values[k] for k in fields}, model=overrides))
+    except TrainingStopped as e:
+        print(f"wavefield train: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+def add_eval(commands):
+    p = commands.add_parser("eval", help="perplexity and bits per byte of a checkpoint")
+    p.add_argument("checkpoint", help="a run folder or checkpoint folder")
+    p.add_argument("--data", help="corpus to score (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--seq-len", type=int, help="window length (default: the training seq_len)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-windows", type=int, help="score an evenly spaced subset of the windows")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads(p)
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    for name in ("seq_len", "batch_size", "max_windows"):
+        v = getattr(args, name)
+        if v is not None and not 1 <= v <= 2**20:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {2**20}, got {v}")
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.seq_len, args.batch_size, args.max_windows, args.cache_dir, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['corpus']} {result['split']}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}  "
+              f"bits/byte {result['bpb']:.4f}  ({result['tokens']:,} tokens, windows of {result['seq_len']})")
+    return 0
+
+
+# ---------------------------------------------------------------- generate
+
+def add_generate(commands):
+    p = commands.add_parser("generate", help="stream text from a checkpoint")
+    p.add_argument("checkpoint", help="a run folder or checkpoint folder")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_threads(p)
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    import math
+
+    from .checkpoint import load_checkpoint
+    from .generate import stream_text
+
+    checks = [
+        (0 <= args.max_new_tokens <= 10**6, f"--max-new-tokens must be between 0 and 1000000, got {args.max_new_tokens}"),
+        (math.isfinite(args.temperature) and 0 <= args.temperature <= 100, f"--temperature must be between 0 and 100, got {args.temperature}"),
+        (args.top_k is None or args.top_k >= 1, f"--top-k must be >= 1, got {args.top_k}"),
+        (args.top_p is None or 0 < args.top_p <= 1, f"--top-p must lie in (0, 1], got {args.top_p}"),
+        (args.seed is None or 0 <= args.seed < 2**63, f"--seed must be >= 0, got {args.seed}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.device):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# ---------------------------------------------------------------- info
+
+def add_info(commands):
+    p = commands.add_parser("info", help="parameter counts, config, and each wave head's omega, alpha, phi")
+    p.add_argument("checkpoint", help="a run folder, checkpoint folder, or saved model folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args) -> int:
+    from .checkpoint import checkpoint_dir
+    from .info import describe, format_description
+    from .model import WaveFieldLM
+
+    info = describe(WaveFieldLM.from_pretrained(checkpoint_dir(args.checkpoint)))
+    print(json.dumps(info) if args.json else format_description(info))
+    return 0
+
+
+def add_threads(p):
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's, one per core); "
+                   "1 is often faster on a machine that other work keeps busy")
+
+
+def set_threads(threads):
+    if threads is not None:
+        if not 1 <= threads <= 1024:
+            raise ValueError(f"--threads must be between 1 and 1024, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- diagnose
+
+def add_diagnose(commands):
+    p = commands.add_parser("diagnose", help="physics diagnostics of a model: heads, energy, causality, information flow")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="model folder(s), or a run folder of checkpoints (the last model is diagnosed)")
+    p.add_argument("--out", help="folder for the report, figures and JSON (default DIR/diagnostics)")
+    p.add_argument("--prompt", help="text whose information flow is traced (default: a line of Hamlet)")
+    p.add_argument("--json", help="also write the JSON of every figure to this file")
+    p.set_defaults(run=run_diagnose)
 
 
 def run_diagnose(args) -> int:
     """Exit 0 when the Parseval check and the causality audit pass, 1 when one fails, 2 on bad input."""
-    try:
-        from .diagnostics.report import diagnose
+    from .diagnostics.report import diagnose
 
-        report = diagnose(args.dirs, out=args.out, prompt=args.prompt, json_path=args.json)
-    except ImportError as e:
-        print(f"wavefield diagnose: error: needs matplotlib and Pillow ({e}); pip install 'wavefield[diagnostics]'", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"wavefield diagnose: error: {e}", file=sys.stderr)
-        return 2
+    report = diagnose(args.dirs, out=args.out, prompt=args.prompt, json_path=args.json)
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     print(f"heads: {len(report['heads'])}, prompt: {len(report['prompt']['ids'])} tokens ({report['prompt']['tokenizer']})")
     if report["parseval"]["layers"]:
@@ -41,13 +216,22 @@ def run_diagnose(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag argparse rejected (already printed)
+        return e.code
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "diagnose":
-        return run_diagnose(args)
-    return 0
+    try:
+        set_threads(getattr(args, "threads", None))
+        return args.run(args)
+    except (ValueError, OSError) as e:  # bad input: one line, no traceback
+        print(f"wavefield {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C in eval or generate (train saves a checkpoint and returns 130)
+        print(f"wavefield {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ def atomic_path(path):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a saved model is an ordinary file
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp (and writers that recreate the file) make it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,102 @@
+"""Checkpoints of a training run, and loading any saved model with its tokenizer.
+
+checkpoint/ holds model.safetensors + config.json (WaveFieldLM.save_pretrained),
+tokenizer.json, train_state.json (step, resolved arguments, optimizer hyper-parameters, data
+fingerprints) and train_state.safetensors (optimizer moments, RNG state): no pickle. It is
+written into a temporary folder and swapped in whole, so a crash leaves the previous one.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data import Tokenizer
+from .model import WaveFieldLM
+
+CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
+STATE_VERSION = 1
+
+
+def checkpoint_dir(path) -> Path:
+    """A run folder or a checkpoint folder -> the folder that holds model.safetensors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder")
+    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+
+def read_state_json(ckpt: Path) -> dict:
+    try:
+        state = json.loads((ckpt / STATE_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
+    if state.get("state_version") != STATE_VERSION:
+        raise ValueError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
+    return state
+
+
+def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dict, step: int, data_info: dict):
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        opt = optimizer.state_dict()
+        tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        os.chmod(tmp / STATE_TENSORS, 0o644)
+        state = {"state_version": STATE_VERSION, "wavefield_version": __version__, "step": step, "args": args,
+                 "model_config": model.config.to_dict(), "optimizer_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
+                 "data": data_info}
+        (tmp / STATE_JSON).write_text(json.dumps(state, indent=2))
+        final, old = out / CHECKPOINT_DIR, out / ".checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)  # the swap: `final` is either the old or the new checkpoint, whole
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_training_state(ckpt: Path, optimizer, saved: dict):
+    try:
+        tensors = load_file(str(ckpt / STATE_TENSORS))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{ckpt / STATE_TENSORS} cannot be read (truncated or corrupt?): {e}") from None
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("optimizer."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    groups = [{**g, "params": p["params"]} for g, p in zip(saved["optimizer_param_groups"], optimizer.state_dict()["param_groups"])]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def load_checkpoint(path, device="cpu"):
+    """A run folder or checkpoint folder -> (model, tokenizer, training state or None)."""
+    ckpt = checkpoint_dir(path)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    model = WaveFieldLM.from_pretrained(ckpt, map_location=device).eval()
+    tokenizer = Tokenizer.load(ckpt)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"{ckpt}: the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
+    state = read_state_json(ckpt) if (ckpt / STATE_JSON).exists() else None
+    return model, tokenizer, state
