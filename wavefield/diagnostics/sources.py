@@ -11,10 +11,10 @@ import json
 import re
 from pathlib import Path
 
+from ..data.tokenizer import TOKENIZER_NAME, Tokenizer
 from ..model import CONFIG_NAME, WEIGHTS_NAME, WaveFieldLM
 
 METRICS_NAME = "metrics.jsonl"
-TOKENIZER_NAME = "tokenizer.json"
 DEFAULT_PROMPT = (
     "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
     "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles "
@@ -83,17 +83,13 @@ def metrics_history(dirs) -> list[dict]:
 def encode_prompt(folder: Path, text: str, vocab_size: int):
     """Token ids, a printable piece per token, and how they were made.
 
-    Uses the run's tokenizer.json (HF tokenizers) when the folder or its parent has one, and
+    Uses the run's tokenizer.json when the folder or its parent has one, and
     otherwise falls back to UTF-8 bytes (modulo vocab_size), saying so.
     """
     for f in (folder / TOKENIZER_NAME, folder.parent / TOKENIZER_NAME):
         if f.is_file():
-            try:
-                from tokenizers import Tokenizer  # only needed when a run ships a tokenizer
-            except ImportError:
-                raise ValueError(f"{f} needs the tokenizers package: pip install tokenizers") from None
-            tok = Tokenizer.from_file(str(f))
-            ids = tok.encode(text).ids
+            tok = Tokenizer.load(f.parent)
+            ids = tok.encode(text)
             if ids and max(ids) >= vocab_size:
                 raise ValueError(f"{f} produces ids up to {max(ids)}, beyond the model's vocab_size {vocab_size}")
             return ids, [tok.decode([i]) for i in ids], f"tokenizer {f}"
