@@ -50,7 +50,7 @@ def test_run_folder_holds_checkpoint_curve_and_no_pickle(trained_run):
     state = json.loads((ckpt / "train_state.json").read_text())
     assert state["step"] == 60 and state["args"]["seq_len"] == 32
     tensors = load_file(str(ckpt / "train_state.safetensors"))
-    assert "rng.cpu" in tensors and any(k.endswith(".exp_avg_sq") for k in tensors)
+    assert "rng.0.cpu" in tensors and any(k.endswith(".exp_avg_sq") for k in tensors)
     assert (trained_run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(trained_run.glob(".checkpoint*"))  # no temporary folder left behind
 

@@ -45,7 +45,16 @@ def read_state_json(ckpt: Path) -> dict:
     return state
 
 
-def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dict, step: int, data_info: dict):
+def rng_state() -> dict:
+    """This process's random state (dropout draws from it; batches have their own generator)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dict, step: int, data_info: dict, rng_states: list[dict]):
+    """Write checkpoint/ in `out`; rng_states holds one rng_state() per rank."""
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
@@ -53,9 +62,7 @@ def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dic
         tokenizer.save(tmp)
         opt = optimizer.state_dict()
         tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        tensors.update({f"rng.{rank}.{kind}": t.cpu() for rank, state in enumerate(rng_states) for kind, t in state.items()})
         save_file(tensors, str(tmp / STATE_TENSORS))
         os.chmod(tmp / STATE_TENSORS, 0o644)
         state = {"state_version": STATE_VERSION, "wavefield_version": __version__, "step": step, "args": args,
@@ -72,7 +79,7 @@ def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dic
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_training_state(ckpt: Path, optimizer, saved: dict):
+def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0):
     try:
         tensors = load_file(str(ckpt / STATE_TENSORS))
     except (SafetensorError, OSError) as e:
@@ -84,9 +91,10 @@ def load_training_state(ckpt: Path, optimizer, saved: dict):
             state.setdefault(int(i), {})[k] = v
     groups = [{**g, "params": p["params"]} for g, p in zip(saved["optimizer_param_groups"], optimizer.state_dict()["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    rank = rank if f"rng.{rank}.cpu" in tensors else 0  # resumed on more processes than were saved
+    torch.set_rng_state(tensors[f"rng.{rank}.cpu"])
+    if f"rng.{rank}.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.{rank}.cuda"])
 
 
 def load_checkpoint(path, device="cpu"):

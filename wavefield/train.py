@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, rng_state, save_checkpoint
 from .config import WaveFieldConfig
 from .data import Tokenizer, load_corpus, prepare_data
 from .evaluate import evaluate_tokens, summarize
@@ -304,7 +304,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
     optimizer = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     start = 0
     if saved:
-        load_training_state(ckpt, optimizer, saved)
+        load_training_state(ckpt, optimizer, saved, rank)
         start = saved["step"]
     wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
     run = torch.compile(wrapped) if a.compile else wrapped
@@ -360,8 +360,13 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
                 bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val['loss']:.4f}  val ppl {val['ppl']:.2f}  "
                           f"val bits/byte {val['bpb']:.4f}  {(done - start) * tokens_per_step / elapsed:,.0f} tok/s", file=sys.stderr)
             end = done == a.max_steps or signalled
-            if writer and (done % a.checkpoint_interval == 0 or end):
-                save_checkpoint(out, model, optimizer, data.tokenizer, dataclasses.asdict(a), done, data_info)
+            if done % a.checkpoint_interval == 0 or end:
+                rng_states = [rng_state()]
+                if distributed:  # every rank's random state goes into rank 0's checkpoint
+                    rng_states = [None] * world
+                    dist.all_gather_object(rng_states, rng_state())
+                if writer:
+                    save_checkpoint(out, model, optimizer, data.tokenizer, dataclasses.asdict(a), done, data_info, rng_states)
                 last_good = done
             if signalled:
                 raise TrainingStopped(f"interrupted at step {done}; checkpoint saved in {ckpt} (continue with --resume)", 130)
