@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from wavefield import WaveFieldConfig, WaveFieldLM
-from wavefield.diagnostics import head_params
+from wavefield.diagnostics import head_physics
 
 SEQ, BATCH, STEPS, EVAL_EVERY = 64, 8, 48, 16
 
@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory):
     for step in range(STEPS + 1):
         if step % EVAL_EVERY == 0:
             model.eval()
-            records.append({"step": step, "val_loss": val_loss(model, val), "heads": head_params(model)})
+            records.append({"step": step, "val_loss": val_loss(model, val), "heads": head_physics(model)})
             model.save_pretrained(run / "checkpoints" / f"step-{step:04d}")
             model.train()
         if step == STEPS:

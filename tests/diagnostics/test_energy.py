@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from wavefield.diagnostics import field_amplitude, field_energy, head_params, head_table, parseval_check, physics_summary
+from wavefield.diagnostics import field_amplitude, field_energy, head_physics, head_table, parseval_check, physics_summary
 from wavefield.diagnostics.energy import parseval_error, spectral_energy
 from wavefield.diagnostics.flow import mixer_inputs, wave_deposits, wave_mixers
 from wavefield.ops import propagate
@@ -50,7 +50,7 @@ def test_physics_summary_for_training_logs(trained_run, sample_ids):
     _, model, _ = trained_run
     summary = physics_summary(model, sample_ids)
     json.dumps(summary)  # loggable as it is
-    table = head_table(head_params(model))
+    table = head_table(head_physics(model))
     assert [e for h in summary["heads"] for e in h["energy"]] == pytest.approx([r["energy"] for r in table])
     assert [e for h in summary["heads"] for e in h["dissipation"]] == pytest.approx([r["dissipation"] for r in table])
     assert summary["parseval_passed"] and summary["parseval_error"] <= 1e-5

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wavefield import WaveFieldConfig, WaveFieldLM
-from wavefield.diagnostics import effective_attention, field_amplitude, head_params, head_table, impulse_responses, wavefronts
+from wavefield.diagnostics import effective_attention, field_amplitude, head_physics, head_table, impulse_responses, wavefronts
 from wavefield.diagnostics.flow import contributions, mixer_inputs, wave_deposits, wave_mixers
 
 
@@ -43,7 +43,7 @@ def test_impulse_responses_follow_the_head_table(trained_run):
     _, model, _ = trained_run
     resp = impulse_responses(model, 300).double().numpy()  # (L, H, 300)
     t = np.arange(300)
-    for r in head_table(head_params(model)):
+    for r in head_table(head_physics(model)):
         expected = -math.expm1(-r["alpha"]) * np.exp(-r["alpha"] * t) * np.cos(r["omega"] * t + r["phi"])
         np.testing.assert_allclose(resp[r["layer"], r["head"]], expected, atol=2e-6)
 
@@ -67,7 +67,7 @@ def test_wavefronts_are_the_damped_wave_of_each_deposit(trained_run, sample_ids)
     size = torch.cat([wave_deposits(m, xs[i])[0].detach().norm(dim=-1).T for i, m in wave_mixers(model)])  # (L * H, N)
     lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (t, s)
     rows = []
-    for r in head_table(head_params(model)):
+    for r in head_table(head_physics(model)):
         kappa = -math.expm1(-r["alpha"]) * torch.exp(-r["alpha"] * lag.double()) * torch.cos(r["omega"] * lag.double() + r["phi"])
         rows.append(torch.where(lag >= 0, kappa, 0.0))
     expected = torch.stack(rows, dim=1) * size.double()[None]  # (t, row, s)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from wavefield.diagnostics import LOCAL_MAX, LONG_MIN, head_class, head_params, head_table, kernel_energy
+from wavefield.diagnostics import LOCAL_MAX, LONG_MIN, head_class, head_physics, head_table, kernel_energy
 from wavefield.diagnostics.sources import metrics_history
 
 
@@ -17,7 +17,7 @@ def test_the_fixture_model_learned(trained_run):
 
 def test_head_figures_within_physical_ranges(trained_run):
     _, model, _ = trained_run
-    table = head_table(head_params(model))
+    table = head_table(head_physics(model))
     assert len(table) == model.config.n_layers * model.config.n_heads
     for r in table:
         assert 0 < r["omega"] < math.pi and r["alpha"] > 0
@@ -52,7 +52,7 @@ def test_history_from_metrics_shows_the_heads_moving(trained_run):
     history = metrics_history([run])
     assert [h["step"] for h in history] == [r["step"] for r in records]
     first, last = head_table(history[0]["heads"]), head_table(history[-1]["heads"])
-    assert last == head_table(head_params(model))  # the last record is the saved model
+    assert last == head_table(head_physics(model))  # the last record is the saved model
     assert max(abs(a["omega"] - b["omega"]) for a, b in zip(first, last)) > 1e-3
 
 

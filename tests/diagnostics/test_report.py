@@ -14,7 +14,7 @@ from PIL import Image
 from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.cli import main
 from wavefield.data.tokenizer import train_bpe
-from wavefield.diagnostics import head_params, head_table, kernel_energy
+from wavefield.diagnostics import head_physics, head_table, kernel_energy
 from wavefield.diagnostics.sources import encode_prompt
 
 PROMPT = "Ham.\nHere's the commission: read it at more leisure.\nBut wilt thou hear now how I did proceed?"
@@ -35,7 +35,7 @@ def test_every_output_is_written(report):
     assert "bytes" in data["prompt"]["tokenizer"]  # said so: no tokenizer in this folder
     assert data["parseval"]["passed"] and data["causality"]["passed"]
     assert len(data["causality"]["rows"]) == len(PROMPT)
-    assert [r["class"] for r in data["heads"]] == [r["class"] for r in head_table(head_params(model))]
+    assert [r["class"] for r in data["heads"]] == [r["class"] for r in head_table(head_physics(model))]
     assert [h["step"] for h in data["history"]] == [0, 16, 32, 48]  # the validation records of metrics.jsonl
     N = len(PROMPT)
     assert torch.tensor(data["effective_attention"]["maps"]).shape == (2, N, N)

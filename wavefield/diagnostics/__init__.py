@@ -5,11 +5,11 @@ into one report (its figures need the `diagnostics` extra: matplotlib and Pillow
 from .causality import causality_audit
 from .energy import field_energy, kernel_energy, parseval_check, physics_summary
 from .flow import effective_attention, field_amplitude, impulse_responses, wavefronts
-from .heads import LOCAL_MAX, LONG_MIN, head_class, head_params, head_table
+from .heads import LOCAL_MAX, LONG_MIN, head_class, head_physics, head_table
 
 __all__ = [
     "causality_audit", "field_energy", "kernel_energy", "parseval_check", "physics_summary",
     "effective_attention", "field_amplitude", "impulse_responses", "wavefronts",
-    "LOCAL_MAX", "LONG_MIN", "head_class", "head_params", "head_table",
+    "LOCAL_MAX", "LONG_MIN", "head_class", "head_physics", "head_table",
 ]
 

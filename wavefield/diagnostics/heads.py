@@ -19,9 +19,9 @@ import math
 
 import torch
 
+from ..info import head_physics  # noqa: F401  (re-exported: the per-head record diagnostics read)
 from ..ops.kernel import reach
 from .energy import dissipation, kernel_energy
-from .flow import wave_mixers
 
 LOCAL_MAX = 8.0
 LONG_MIN = 128.0
@@ -33,18 +33,8 @@ def head_class(reach_1e: float) -> str:
     return "medium" if reach_1e < LONG_MIN else "long"
 
 
-@torch.no_grad()
-def head_params(model) -> list[dict]:
-    """Per wave layer {"layer", "omega", "alpha", "phi"} (lists over heads): the record that
-    training metrics carry, so checkpoints and metrics files read the same way."""
-    return [
-        {"layer": i, "omega": m.omega.double().tolist(), "alpha": m.alpha.double().tolist(), "phi": m.phi.double().tolist()}
-        for i, m in wave_mixers(model)
-    ]
-
-
 def head_table(params: list[dict]) -> list[dict]:
-    """One row per head with its physical figures, from head_params-style records."""
+    """One row per head with its physical figures, from head_physics records (wavefield.info)."""
     rows = []
     for rec in params:
         omega, alpha, phi = (torch.tensor(rec[k], dtype=torch.float64) for k in ("omega", "alpha", "phi"))

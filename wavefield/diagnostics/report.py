@@ -15,7 +15,7 @@ from . import plots
 from .causality import causality_audit
 from .energy import field_energy, parseval_check
 from .flow import effective_attention, field_amplitude, impulse_responses, wave_mixers, wavefronts
-from .heads import LOCAL_MAX, LONG_MIN, head_params, head_table
+from .heads import LOCAL_MAX, LONG_MIN, head_physics, head_table
 from .sources import DEFAULT_PROMPT, checkpoint_dirs, encode_prompt, load_model, metrics_history, step_of
 
 MAX_TOKENS = 512  # longest prompt diagnosed: the effective-attention maps are N x N
@@ -67,7 +67,7 @@ def _history(dirs, paths) -> list[dict]:
     """Head snapshots over training: metrics.jsonl records, plus one per checkpoint folder."""
     snaps = metrics_history(dirs)
     if len(paths) > 1:
-        snaps += [{"step": step_of(p, k), "source": str(p), "heads": head_params(load_model(p))} for k, p in enumerate(paths)]
+        snaps += [{"step": step_of(p, k), "source": str(p), "heads": head_physics(load_model(p))} for k, p in enumerate(paths)]
     snaps = sorted(snaps, key=lambda s: s["step"])
     for s in snaps:
         s["table"] = head_table(s["heads"])
@@ -95,7 +95,7 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
     ids = torch.tensor(ids)
     has_wave = bool(wave_mixers(model))
 
-    table = head_table(head_params(model))
+    table = head_table(head_physics(model))
     history = [s for s in _history(dirs, paths) if len(s["table"]) == len(table)]
     audit = causality_audit(model, ids[:AUDIT_TOKENS])
     report = {
