@@ -43,5 +43,5 @@ def tiny_flags(corpus_dir, cache_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_flags):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "60", "--eval-interval", "20", "--lr", "1e-2"]) == 0
+    assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "60", "--eval-interval", "20", "--lr", "1e-2", "--log-physics"]) == 0
     return out

@@ -44,6 +44,15 @@ def test_validation_records_carry_each_heads_physics(trained_run):
     assert first["heads"][0]["phi"] != last["heads"][0]["phi"]  # the heads moved during training
 
 
+def test_log_physics_records_energy_and_the_parseval_check(trained_run):
+    for record in read_metrics(trained_run, "val"):
+        physics = record["physics"]
+        assert physics["parseval_passed"] and 0 <= physics["parseval_error"] <= 1e-5
+        assert [h["layer"] for h in physics["heads"]] == [h["layer"] for h in record["heads"]]
+        for head in physics["heads"]:
+            assert all(e > 0 for e in head["energy"]) and all(0 < d < 1 for d in head["dissipation"])
+
+
 def test_run_folder_holds_checkpoint_curve_and_no_pickle(trained_run):
     ckpt = trained_run / "checkpoint"
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "train_state.json", "train_state.safetensors"]

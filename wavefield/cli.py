@@ -53,6 +53,8 @@ def add_train(commands):
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument("--log-physics", action="store_true", default=None,
+                   help="log each wave head's kernel energy and dissipation and the FFT path's Parseval check at every validation")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -48,7 +48,7 @@ PRESETS = {
 }
 NO_DECAY = ("omega_raw", "alpha_raw", "phi")  # the wave's physical parameters
 # flags that may change when a run is resumed; every other one must match the checkpoint
-CHANGEABLE = ("max_steps", "device", "compile", "eval_interval", "checkpoint_interval", "log_interval", "cache_dir", "eval_windows")
+CHANGEABLE = ("max_steps", "device", "compile", "log_physics", "eval_interval", "checkpoint_interval", "log_interval", "cache_dir", "eval_windows")
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TrainArgs:
     log_interval: int | None = None
     device: str | None = None
     bf16: bool | None = None
+    log_physics: bool | None = None     # per validation: kernel energy, dissipation, Parseval check
     compile: bool | None = None
     cache_dir: str | None = None
     resume: bool = False
@@ -83,7 +84,7 @@ class TrainArgs:
 
 DEFAULTS = dict(preset="tiny", data=None, tokenizer="bpe", vocab_size=8192, decay_steps=None, warmup_steps=None,
                 min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, seed=0, eval_windows=64,
-                checkpoint_interval=None, log_interval=10, device="auto", bf16=False, compile=False, cache_dir=None)
+                checkpoint_interval=None, log_interval=10, device="auto", bf16=False, log_physics=False, compile=False, cache_dir=None)
 
 
 class TrainingStopped(Exception):
@@ -184,10 +185,16 @@ def get_batch(tokens, step: int, a: TrainArgs, rank: int, world: int):
 
 # ---------------------------------------------------------------- logging
 
-def eval_record(model, step: int, val: dict) -> dict:
+def eval_record(model, step: int, val: dict, physics_ids=None) -> dict:
     """The periodic-validation record appended to metrics.jsonl. `model` is the bare
-    WaveFieldLM; this is the one place to add more measurements of the model over training."""
-    return {"type": "val", "step": step, **{f"val_{k}": v for k, v in val.items()}, "heads": head_physics(model)}
+    WaveFieldLM; with physics_ids (N,) (--log-physics) it adds each head's kernel energy and
+    dissipation and the Parseval check of the FFT path on those tokens."""
+    record = {"type": "val", "step": step, **{f"val_{k}": v for k, v in val.items()}, "heads": head_physics(model)}
+    if physics_ids is not None:
+        from .diagnostics.energy import physics_summary
+
+        record["physics"] = physics_summary(model, physics_ids)
+    return record
 
 
 class Metrics:
@@ -356,7 +363,8 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
             if writer and (done % a.eval_interval == 0 or done == a.max_steps):
                 val = evaluate_tokens(model, val_tokens, a.seq_len, a.batch_size, device, a.eval_windows, a.bf16)
                 val = summarize(val["nll"], val["tokens"], data.bytes_per_token("val"))
-                metrics.log(eval_record(model, done, val))
+                physics_ids = torch.as_tensor(np.asarray(val_tokens[: a.seq_len], dtype=np.int64), device=device) if a.log_physics else None
+                metrics.log(eval_record(model, done, val, physics_ids))
                 bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val['loss']:.4f}  val ppl {val['ppl']:.2f}  "
                           f"val bits/byte {val['bpb']:.4f}  {(done - start) * tokens_per_step / elapsed:,.0f} tok/s", file=sys.stderr)
             end = done == a.max_steps or signalled
