@@ -4,12 +4,14 @@ import argparse
 import sys
 
 from . import __version__
+from .bench import speed
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavefield", description="Language models built on wave-field attention.")
     parser.add_argument("--version", action="version", version=f"wavefield {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    speed.add_cli(commands)
     return parser
 
 
@@ -19,7 +21,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

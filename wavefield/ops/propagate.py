@@ -113,7 +113,7 @@ def _chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64, return_stat
 
 
 def _recurrent(u, omega, alpha, phi, state=None):
-    """s[t] = lambda * s[t-1] + u[t], y[t] = gain * Re(c * s[t]), token by token."""
+    """s[t] = lambda * s[t-1] + u[t], y[t] = gain * Re(c * s[t]), token by token: (y, last s)."""
     B, H, d, N = u.shape
     lam = wave_powers(omega, alpha, 1, start=1).to(torch.complex64)  # (H, 1)
     read = read_weights(omega, alpha, phi, 1)  # (H, 1): gain * c
@@ -122,7 +122,7 @@ def _recurrent(u, omega, alpha, phi, state=None):
     for t in range(N):
         s = lam * s + u[..., t]
         ys.append((read * s).real)
-    return torch.stack(ys, dim=-1) if ys else u.new_zeros(B, H, d, 0)
+    return (torch.stack(ys, dim=-1) if ys else u.new_zeros(B, H, d, 0)), s
 
 
 def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False):
@@ -136,7 +136,10 @@ def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chu
         u = u.float()
         if path == "chunked":
             return _chunked(u, omega, alpha, phi, state, chunk_size, return_state)
-        y = _fft(u, omega, alpha, phi, state) if path == "fft" else _recurrent(u, omega, alpha, phi, state)
+        if path == "recurrent":
+            y, s = _recurrent(u, omega, alpha, phi, state)
+            return (y, s) if return_state else y
+        y = _fft(u, omega, alpha, phi, state)
         return (y, state_out_heads(u, omega, alpha, state)) if return_state else y
 
 
