@@ -12,7 +12,7 @@ from wavefield.cli import main
 
 def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "speed", "--quick", "--out", str(out), "--ops", "wave,wave-fft,sdpa,sliding", "--lengths", "64",
+    argv = ["bench", "speed", "--quick", "--out", str(out), "--ops", "wave,wave-lean,wave-fft,sdpa,sliding", "--lengths", "64",
             "--repeats", "1", "--train-lengths", "32", "--decode-contexts", "8,32", "--long-length", "300", "--threads", "1"]
     assert main(argv) == 0
     results = json.loads((out / "speed.json").read_text())
@@ -23,7 +23,8 @@ def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
     kinds = {r["kind"] for r in records}
     assert {"copy", "mixer", "floor", "train", "decode", "long"} <= kinds
     mixers = {(r["op"], r["mode"]) for r in records if r["kind"] == "mixer"}
-    assert mixers == {(op, mode) for op in ("wave", "wave-fft", "sdpa", "sliding") for mode in ("forward", "backward")}
+    assert mixers == {(op, mode) for op in ("wave", "wave-fft", "sdpa", "sliding") for mode in ("forward", "backward")} | {("wave-lean", "backward")}
+    assert {r["mode"] for r in records if r["kind"] == "floor"} == {"forward", "backward"}
     assert all(r["seconds"] > 0 for r in records if r["kind"] in ("mixer", "train", "decode", "long"))
     decode = {(r["op"], r["n"]): r["state_mb"] for r in records if r["kind"] == "decode"}
     assert decode[("wave-lm", 8)] == decode[("wave-lm", 32)]  # the wave state does not grow

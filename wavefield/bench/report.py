@@ -69,14 +69,16 @@ def _lookup_any(mixers, op, n):
 def _floor_table(records):
     rows = []
     for f in _by(records, "floor"):
-        wave = _lookup(records, "mixer", "wave", f["n"], "forward")
-        rows.append([str(f["n"]), _fmt(wave["seconds"] * 1000) if wave else "-", _fmt(f["proj_seconds"] * 1000),
+        wave = _lookup(records, "mixer", "wave", f["n"], f["mode"])
+        rows.append([str(f["n"]), MODE_NAMES[f["mode"]], _fmt(wave["seconds"] * 1000) if wave else "-", _fmt(f["proj_seconds"] * 1000),
                      _fmt(f["copy_seconds"] * 1000), _fmt(f["seconds"] * 1000),
                      f"{_fmt(wave['seconds'] / f['seconds'])}x" if wave else "-"])
     if not rows:
         return []
-    return ["### The wave mixer against its own floor (forward)\n\n"
-            + _table(["N", "wave (ms)", "projections (ms)", "field read + write (ms)", "floor (ms)", "wave / floor"], rows)]
+    return ["### The wave mixer against its own floor
+
+"
+            + _table(["N", "mode", "wave (ms)", "projections (ms)", "field read + write (ms)", "floor (ms)", "wave / floor"], rows)]
 
 
 def _pair_table(records, kind, title, header, cells):
@@ -110,17 +112,18 @@ def targets(records) -> list:
                 worst = (q, r["op"], r["n"], r["mode"])
     if worst:
         out.append((f"c: slowest peer / wave at N >= 8K (worst: {worst[1]}, N={worst[2]}, {worst[3]}) (goal > 1x)", worst[0], worst[0] > 1))
-    floors = [(f["n"], ratio(mixer("wave", f["n"], "forward"), f)) for f in _by(records, "floor") if f["n"] >= 32768]
+    floors = [(f["n"], ratio(mixer("wave", f["n"], "forward"), f)) for f in _by(records, "floor") if f["n"] >= 32768 and f["mode"] == "forward"]
     floors = [(n, q) for n, q in floors if q is not None]
     if floors:
         n, q = max(floors, key=lambda t: t[1])
         out.append((f"d: wave / floor at N >= 32K (worst N={n}) (goal <= 1.5x)", q, q <= 1.5))
-    mem = [(r["n"], r["mode"], ratio(mixer("wave", r["n"], r["mode"]), r, "peak_mb")) for r in _by(records, "mixer")
-           if r["op"] == "sdpa" and r["n"] >= 8192 and not r["skipped"]]
-    mem = [m for m in mem if m[2] is not None]
-    if mem:
-        n, mode, q = max(mem, key=lambda t: t[2])
-        out.append((f"e: wave / SDPA peak memory at N >= 8K (worst N={n}, {mode}) (goal <= 1x)", q, q <= 1))
+    for wave_op, mode in (("wave", "forward"), ("wave", "backward"), ("wave-lean", "backward")):
+        mem = [(r["n"], ratio(mixer(wave_op, r["n"], mode), r, "peak_mb")) for r in _by(records, "mixer")
+               if r["op"] == "sdpa" and r["mode"] == mode and r["n"] >= 8192 and not r["skipped"]]
+        mem = [m for m in mem if m[1] is not None]
+        if mem:
+            n, q = max(mem, key=lambda t: t[1])
+            out.append((f"e: {wave_op} / SDPA peak memory, {MODE_NAMES[mode]}, N >= 8K (worst N={n}) (goal <= 1x)", q, q <= 1))
     for n, goal in ((512, 1.0), (8192, 3.0)):
         r = ratio(_lookup(records, "train", "transformer-lm", n, "train"), _lookup(records, "train", "wave-lm", n, "train"))
         out.append((f"f: training tokens/s wave / transformer, seq {n} (goal >= {goal}x)", r, r is not None and r >= goal))

@@ -36,7 +36,7 @@ from ..model import WaveFieldLM
 from .measure import copy_bandwidth, lean_malloc, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 
-MIXERS = ("wave", "wave-fft", "sdpa", "materialised", "sliding", "linear")
+MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
 MODES = ("forward", "backward")  # backward means forward + backward
 PARTS = ("mixer", "train", "decode", "long")
 WINDOW = 512
@@ -75,6 +75,8 @@ QUICK = dict(
 def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
     if op == "wave":
         return WaveFieldAttention(d_model, n_heads)  # path "auto": chunked and tiled for N > 4
+    if op == "wave-lean":  # recomputes each tile in backward: forward + backward memory O(tile)
+        return WaveFieldAttention(d_model, n_heads, recompute=True)
     if op == "wave-fft":
         return WaveFieldAttention(d_model, n_heads, path="fft")
     if op == "sdpa":
@@ -90,7 +92,7 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
 
 def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
     """Theoretical multiply-add FLOPs (x2) of the matmuls, FFTs and attention products.
-    Forward + backward counts as 3x forward."""
+    Forward + backward counts as 3x forward (4x where the forward is recomputed)."""
     D, d = d_model, d_model // n_heads
     if op.startswith("wave"):
         proj = 10 * n * D * D  # in (D -> 4D) and out (D -> D)
@@ -108,7 +110,8 @@ def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: 
             "sliding": 8 * n * min(WINDOW, n) * D,  # each block of queries sees 2 blocks of keys
             "linear": 4 * n * 64 * D + 4 * n * d * D,  # inside chunks, plus the d x d running sums
         }[op]
-    return batch * (proj + mix) * (3 if mode == "backward" else 1) / 1e9
+    passes = 1 if mode == "forward" else 4 if op == "wave-lean" else 3
+    return batch * (proj + mix) * passes / 1e9
 
 
 def mixer_bytes(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
@@ -152,6 +155,8 @@ def bench_mixers(s: Settings, device: torch.device):
         for mode in s.modes:
             mixers = {}
             for op in s.ops:
+                if op == "wave-lean" and mode == "forward":
+                    continue  # identical to "wave" without gradients
                 flops = mixer_gflops(op, n, D, s.n_heads, B, mode)
                 predicted = _predict_seconds(s, op, n, mode)
                 need = mixer_bytes(op, n, D, s.n_heads, B, mode) / 2**30
@@ -165,7 +170,7 @@ def bench_mixers(s: Settings, device: torch.device):
                 else:
                     torch.manual_seed(0)
                     mixers[op] = (make_mixer(op, D, s.n_heads).to(device), flops, predicted)
-            if "wave" in s.ops and mode == "forward":
+            if "wave" in s.ops:
                 wave = mixers.get("wave", (make_mixer("wave", D, s.n_heads).to(device),))[0]
                 mixers["floor"] = (wave, None, None)
             _time_interleaved(s, mixers, x, mode, device, bandwidth)
@@ -174,12 +179,17 @@ def bench_mixers(s: Settings, device: torch.device):
 def _call(op, module, x, mode, grad_out):
     """The function a measurement times: the mixer's forward, or forward + backward."""
     if op == "floor":  # the wave mixer's two projections alone, as the layer runs them
-        z = torch.empty(x.shape[0], x.shape[2], x.shape[1], device=x.device)  # (B, D, N)
+        B, N, D = x.shape
+        w_in, w_out = (p.detach().requires_grad_(mode == "backward") for p in (module.in_proj.weight, module.out_proj.weight))
+        z = torch.randn(B, D, N, device=x.device, requires_grad=mode == "backward")  # (B, D, N)
+        xg = x.detach().requires_grad_(mode == "backward")
 
         def projections():
-            with torch.no_grad():
-                torch.bmm(module.in_proj.weight.expand(x.shape[0], -1, -1), x.mT)
-                torch.bmm(z.mT, module.out_proj.weight.t().expand(x.shape[0], -1, -1))
+            with torch.set_grad_enabled(mode == "backward"):
+                p = torch.bmm(w_in.expand(B, -1, -1), xg.mT)  # (B, 4D, N)
+                out = torch.bmm(z.mT, w_out.t().expand(B, -1, -1))  # (B, N, D)
+                if mode == "backward":
+                    torch.autograd.backward([p, out], [p.detach(), grad_out])
 
         return projections
     if mode == "forward":
@@ -215,7 +225,7 @@ def _time_interleaved(s: Settings, mixers: dict, x, mode: str, device, bandwidth
     for op, fn in calls.items():
         seconds = median(times[op])
         if op == "floor":
-            copy_s = 2 * x.numel() * 4 / bandwidth  # one read of the deposit, one write of the field
+            copy_s = 2 * x.numel() * 4 / bandwidth * (1 if mode == "forward" else 3)  # read the deposit, write the field
             _record(s, kind="floor", op="wave-floor", n=n, mode=mode, seconds=seconds + copy_s, proj_seconds=seconds, copy_seconds=copy_s)
             continue
         peak = peak_extra_mb(fn, device)

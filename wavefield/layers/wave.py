@@ -15,12 +15,14 @@ of the short convolution (B, short_conv - 1, 3D).
 """
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from ..ops import propagate_heads
+from ..ops import propagate_heads, short_conv
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
@@ -52,6 +54,7 @@ class WaveFieldAttention(nn.Module):
         layer_index: int = 0,
         n_layers: int = 1,
         tile_size: int = 2048,
+        recompute: bool = False,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -60,6 +63,7 @@ class WaveFieldAttention(nn.Module):
             raise ValueError(f"feature_map must be one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.short_conv, self.path, self.chunk_size, self.tile_size = short_conv, path, chunk_size, tile_size
+        self.recompute = recompute  # training: keep only each tile's input, recompute the rest in backward
         self.f = FEATURE_MAPS[feature_map]
 
         self.in_proj = nn.Linear(d_model, 4 * d_model, bias=False)
@@ -84,19 +88,11 @@ class WaveFieldAttention(nn.Module):
 
     def _short_conv(self, qkv, conv_state):
         """Causal depthwise conv over time on channel-major qkv (B, 3D, N), continuing from the
-        previous inputs in conv_state (B, K-1, 3D). Returns the output and the new conv state.
-
-        Done as K shifted multiply-adds: on CPUs this is several times faster than a depthwise
-        conv1d, and the history enters the first K-1 outputs without concatenating it in front."""
+        previous inputs in conv_state (B, K-1, 3D). Returns the output and the new conv state."""
         B, C, N = qkv.shape
         K = self.short_conv
-        w = self.conv.weight[:, 0, :, None]  # (3D, K, 1): out[t] = bias + sum_j w[j] * in[t - (K-1) + j]
         history = conv_state.to(qkv.dtype).transpose(1, 2) if conv_state is not None else qkv.new_zeros(B, C, K - 1)
-        out = torch.addcmul(self.conv.bias[:, None], qkv, w[:, K - 1])
-        for lag in range(1, K):
-            out[..., lag:].addcmul_(qkv[..., : max(N - lag, 0)], w[:, K - 1 - lag])
-            n = min(lag, N)  # outputs t < lag reach back into the history
-            out[..., :n].addcmul_(history[..., K - 1 - lag : K - 1 - lag + n], w[:, K - 1 - lag])
+        out = short_conv(qkv, history, self.conv.weight[:, 0], self.conv.bias)
         tail = torch.cat([history, qkv[..., N - min(N, K - 1) :]], dim=2)  # the last K-1 inputs
         return out, tail[..., tail.shape[2] - (K - 1) :].transpose(1, 2)
 
@@ -122,9 +118,10 @@ class WaveFieldAttention(nn.Module):
         # The chunked path continues from a state exactly, so a long input runs tile by tile,
         # projections included: a tile's intermediates stay in cache, extra memory is O(tile).
         tile = self.tile_size if path == "chunked" else N
-        outs = []
-        for a in range(0, N, tile):
-            out, state = self._mix(x[:, a : a + tile], state, path, need_state=return_state or a + tile < N)
+        outs, tiles = [], x.split(tile, dim=1)  # split, not slices: one gradient copy, not one per tile
+        mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else self._mix
+        for i, piece in enumerate(tiles):
+            out, state = mix(piece, state, path, need_state=return_state or i + 1 < len(tiles))
             outs.append(out)
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return (out, state) if return_state else out
@@ -133,7 +130,7 @@ class WaveFieldAttention(nn.Module):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         B, N, D = x.shape
         p = torch.bmm(self.in_proj.weight.expand(B, -1, -1), x.mT)  # (B, 4D, N)
-        qkv, g = p[:, : 3 * D], p[:, 3 * D :]
+        qkv, g = p.split([3 * D, D], dim=1)
         conv_state = None
         if self.conv is not None:
             qkv, conv_state = self._short_conv(qkv, state["conv"] if state is not None else None)
