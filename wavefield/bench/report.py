@@ -75,9 +75,7 @@ def _floor_table(records):
                      f"{_fmt(wave['seconds'] / f['seconds'])}x" if wave else "-"])
     if not rows:
         return []
-    return ["### The wave mixer against its own floor
-
-"
+    return ["### The wave mixer against its own floor\n\n"
             + _table(["N", "mode", "wave (ms)", "projections (ms)", "field read + write (ms)", "floor (ms)", "wave / floor"], rows)]
 
 

@@ -218,9 +218,12 @@ def _time_interleaved(s: Settings, mixers: dict, x, mode: str, device, bandwidth
     for op, fn in calls.items():  # warm-up, except where one call already takes seconds
         if op not in slow:
             fn()
+    peaks = {}
     for r in range(s.repeats):
         for op, fn in calls.items():
-            if r == 0 or op not in slow:
+            if r == 0:  # the first timed call also gives the peak memory
+                peaks[op] = peak_extra_mb(lambda: times[op].append(time_call(fn, device)), device)
+            elif op not in slow:
                 times[op].append(time_call(fn, device))
     for op, fn in calls.items():
         seconds = median(times[op])
@@ -228,9 +231,8 @@ def _time_interleaved(s: Settings, mixers: dict, x, mode: str, device, bandwidth
             copy_s = 2 * x.numel() * 4 / bandwidth * (1 if mode == "forward" else 3)  # read the deposit, write the field
             _record(s, kind="floor", op="wave-floor", n=n, mode=mode, seconds=seconds + copy_s, proj_seconds=seconds, copy_seconds=copy_s)
             continue
-        peak = peak_extra_mb(fn, device)
         flops = mixers[op][1]
-        _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=seconds, peak_mb=peak, gflops=flops,
+        _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=seconds, peak_mb=peaks[op], gflops=flops,
                 gflops_per_s=flops / seconds, repeats=len(times[op]))
 
 
