@@ -33,7 +33,7 @@ from ..config import WaveFieldConfig
 from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
-from .measure import copy_bandwidth, lean_malloc, median, peak_extra_mb, time_call
+from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 
 MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
@@ -328,8 +328,6 @@ def run_speed(s: Settings, out_dir, json_path=None) -> dict:
     device = torch.device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
-    if device.type == "cpu":
-        lean_malloc()
     env = environment(s, device)
     steps = {"mixer": bench_mixers, "train": bench_train, "decode": bench_decode, "long": bench_long}
     for part in s.parts:

@@ -90,9 +90,6 @@ def _chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64, return_stat
     nc = -(-N // C)
     u = F.pad(u, (0, nc * C - N)).reshape(B, H, d * nc, C)  # zeros at the end only; one row per chunk
 
-    # inside each chunk: y[i] = sum_{j<=i} kappa(i-j) u[j]
-    y = u @ _lower_toeplitz(wave_kernel(omega, alpha, phi, C)).mT  # (B, H, d*nc, C)
-
     # between chunks: the state entering chunk c is lambda^C * (state entering c-1) + sum of c-1
     powers = wave_powers(omega, alpha, C + 1).to(torch.complex64)  # (H, C + 1)
     back = powers[:, :C].flip(-1)  # lambda^(C-1-j)
@@ -100,9 +97,17 @@ def _chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64, return_stat
     # the scan runs in double precision: the states of slow heads sum thousands of deposits
     state = state.to(torch.complex128) if state is not None else None
     entering = _scan(sums.to(torch.complex128), omega, alpha, C, state)  # (B, H, d, nc)
-    if nc > 1 or state is not None:  # y[c, i] += Re(gain * c * lambda^(i+1) * entering[c])
+
+    # inside each chunk: y[i] = sum_{j<=i} kappa(i-j) u[j], one matmul per head, added to what
+    # the entering state contributes, Re(gain * c * lambda^(i+1) * entering[c]), in the same GEMM
+    toeplitz = _lower_toeplitz(wave_kernel(omega, alpha, phi, C)).mT.repeat(B, 1, 1)  # (B*H, C, C)
+    u3 = u.reshape(B * H, d * nc, C)
+    if nc > 1 or state is not None:
         w = read_weights(omega, alpha, phi, C, start=1)  # (H, C)
-        y = y + torch.view_as_real(entering.to(torch.complex64)).reshape(B, H, d * nc, 2) @ torch.stack([w.real, -w.imag], 1)
+        carry = torch.view_as_real(entering.to(torch.complex64)).reshape(B, H, d * nc, 2) @ torch.stack([w.real, -w.imag], 1)
+        y = torch.baddbmm(carry.view(B * H, d * nc, C), u3, toeplitz)
+    else:
+        y = torch.bmm(u3, toeplitz)
     y = y.view(B, H, d, nc * C)[..., :N]
     if not return_state:
         return y
