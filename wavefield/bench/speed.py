@@ -124,6 +124,10 @@ def mixer_bytes(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: s
         return grad * 3 * batch * n_heads * n * 2 * WINDOW * 4 + 10 * act
     if op == "wave-fft":
         return grad * 16 * act
+    if op == "wave" and mode == "forward":
+        return 3 * act  # tiled: input, output and the tiles' outputs before they are joined
+    if op == "wave-lean":
+        return 6 * act
     return grad * 12 * act
 
 
