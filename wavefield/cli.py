@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(commands)
     add_info(commands)
     add_diagnose(commands)
+    add_bench(commands)
     return parser
 
 
@@ -175,6 +176,16 @@ def run_info(args) -> int:
     info = describe(WaveFieldLM.from_pretrained(checkpoint_dir(args.checkpoint)))
     print(json.dumps(info) if args.json else format_description(info))
     return 0
+
+
+# ---------------------------------------------------------------- bench
+
+def add_bench(commands):
+    from .bench import speed
+
+    bench = commands.add_parser("bench", help="benchmarks: speed and memory against attention peers")
+    benchmarks = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    speed.add_cli(benchmarks)
 
 
 def add_threads(p):

@@ -27,7 +27,7 @@ class WaveFieldConfig:
     # [reach_min, reach_max] tokens, interleaved across layers
     reach_min: float = 1.0
     reach_max: float = 1024.0
-    # wave layers: "auto" takes the recurrence for a few tokens (decoding), FFT otherwise
+    # wave layers: "auto" takes the recurrence for a few tokens (decoding), chunked otherwise
     wave_path: str = "auto"
     chunk_size: int = 64
     # attention layers: rotary position base

@@ -112,3 +112,33 @@ def test_next_fast_len_is_the_smallest_5_smooth_size(n):
     m = next_fast_len(n)
     assert m >= n and is_5_smooth(m)
     assert not any(is_5_smooth(k) for k in range(n, m))
+
+
+@pytest.mark.parametrize("N,chunk", [(300, 1), (5000, 3)])
+def test_chunked_scan_over_many_chunks_matches_the_recurrence(N, chunk):
+    """Thousands of chunks: the scan between chunks recurses over several block levels."""
+    gen = torch.Generator().manual_seed(N)
+    omega, alpha, phi = random_params(3, gen)
+    u = torch.randn(1, N, 3, 2, generator=gen)
+    state = torch.randn(1, 3, 2, dtype=torch.complex64, generator=gen)
+    ref, ref_state = propagate(u, omega, alpha, phi, state=state, path="recurrent", return_state=True)
+    y, s = propagate(u, omega, alpha, phi, state=state, path="chunked", chunk_size=chunk, return_state=True)
+    assert rel_err(y, ref) <= 1e-5 and rel_err(s, ref_state) <= 1e-5
+
+
+def test_paths_have_the_same_gradients():
+    """d(loss)/d(u, omega, alpha, phi) agree between the paths (autograd through each form)."""
+    gen = torch.Generator().manual_seed(7)
+    params = random_params(3, gen)
+    u0 = torch.randn(2, 150, 3, 4, generator=gen)
+    weights = torch.randn(2, 150, 3, 4, generator=gen)
+    grads = {}
+    for path in PATHS:
+        u = u0.clone().requires_grad_()
+        omega, alpha, phi = (p.clone().requires_grad_() for p in params)
+        y, s = propagate(u, omega, alpha, phi, path=path, chunk_size=16, return_state=True)
+        ((y * weights).sum() + s.abs().sum()).backward()
+        grads[path] = [u.grad, omega.grad, alpha.grad, phi.grad]
+    for path in ("fft", "chunked"):
+        for g, ref in zip(grads[path], grads["recurrent"]):
+            assert rel_err(g, ref) <= 1e-4, path

@@ -47,8 +47,8 @@ def wave_deposits(mixer, x: torch.Tensor):
     N, D = x.shape
     q, k, v, g = mixer.in_proj(x).split(D, dim=-1)  # (N, D) each
     if mixer.conv is not None:
-        qkv, _ = mixer._short_conv(torch.cat([q, k, v], dim=-1)[None], None)
-        q, k, v = qkv[0].split(D, dim=-1)
+        qkv, _ = mixer._short_conv(torch.cat([q, k, v], dim=-1).T[None], None)  # channel-major (1, 3D, N)
+        q, k, v = qkv[0].T.split(D, dim=-1)
     u = (mixer.f(k) * v).view(N, mixer.n_heads, mixer.head_dim)
     return u, torch.sigmoid(g) * mixer.f(q)
 

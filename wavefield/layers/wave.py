@@ -15,12 +15,14 @@ of the short convolution (B, short_conv - 1, 3D).
 """
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from ..ops import propagate
+from ..ops import propagate_heads, short_conv
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
@@ -51,6 +53,8 @@ class WaveFieldAttention(nn.Module):
         chunk_size: int = 64,
         layer_index: int = 0,
         n_layers: int = 1,
+        tile_size: int = 2048,
+        recompute: bool = False,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -58,7 +62,8 @@ class WaveFieldAttention(nn.Module):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.short_conv, self.path, self.chunk_size = short_conv, path, chunk_size
+        self.short_conv, self.path, self.chunk_size, self.tile_size = short_conv, path, chunk_size, tile_size
+        self.recompute = recompute  # training: keep only each tile's input, recompute the rest in backward
         self.f = FEATURE_MAPS[feature_map]
 
         self.in_proj = nn.Linear(d_model, 4 * d_model, bias=False)
@@ -82,13 +87,14 @@ class WaveFieldAttention(nn.Module):
         return F.softplus(self.alpha_raw) + ALPHA_MIN
 
     def _short_conv(self, qkv, conv_state):
-        """Causal depthwise conv over time, continuing from the previous inputs in conv_state."""
-        B, N, C = qkv.shape
-        if conv_state is None:
-            conv_state = qkv.new_zeros(B, self.short_conv - 1, C)
-        padded = torch.cat([conv_state.to(qkv.dtype), qkv], dim=1)  # (B, K-1+N, 3D)
-        out = self.conv(padded.transpose(1, 2)).transpose(1, 2)  # (B, N, 3D)
-        return out, padded[:, padded.shape[1] - (self.short_conv - 1) :]
+        """Causal depthwise conv over time on channel-major qkv (B, 3D, N), continuing from the
+        previous inputs in conv_state (B, K-1, 3D). Returns the output and the new conv state."""
+        B, C, N = qkv.shape
+        K = self.short_conv
+        history = conv_state.to(qkv.dtype).transpose(1, 2) if conv_state is not None else qkv.new_zeros(B, C, K - 1)
+        out = short_conv(qkv, history, self.conv.weight[:, 0], self.conv.bias)
+        tail = torch.cat([history, qkv[..., N - min(N, K - 1) :]], dim=2)  # the last K-1 inputs
+        return out, tail[..., tail.shape[2] - (K - 1) :].transpose(1, 2)
 
     def check_state(self, state, batch_size: int):
         if not isinstance(state, dict) or "field" not in state:
@@ -108,23 +114,36 @@ class WaveFieldAttention(nn.Module):
         if N == 0:
             out = self.out_proj(x)
             return (out, state) if return_state else out
-        q, k, v, g = self.in_proj(x).split(D, dim=-1)  # (B, N, D) each
+        path = self.path if self.path != "auto" else ("recurrent" if N <= 4 else "chunked")
+        # The chunked path continues from a state exactly, so a long input runs tile by tile,
+        # projections included: a tile's intermediates stay in cache, extra memory is O(tile).
+        tile = self.tile_size if path == "chunked" else N
+        outs, tiles = [], x.split(tile, dim=1)  # split, not slices: one gradient copy, not one per tile
+        mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else self._mix
+        for i, piece in enumerate(tiles):
+            out, state = mix(piece, state, path, need_state=return_state or i + 1 < len(tiles))
+            outs.append(out)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return (out, state) if return_state else out
+
+    def _mix(self, x, state, path: str, need_state: bool):
+        """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
+        B, N, D = x.shape
+        p = torch.bmm(self.in_proj.weight.expand(B, -1, -1), x.mT)  # (B, 4D, N)
+        qkv, g = p.split([3 * D, D], dim=1)
         conv_state = None
         if self.conv is not None:
-            conv_in = state["conv"] if state is not None else None
-            qkv, conv_state = self._short_conv(torch.cat([q, k, v], dim=-1), conv_in)
-            q, k, v = qkv.split(D, dim=-1)
+            qkv, conv_state = self._short_conv(qkv, state["conv"] if state is not None else None)
+        q, k, v = qkv.split(D, dim=1)  # (B, D, N) each
 
-        u = (self.f(k) * v).view(B, N, self.n_heads, self.head_dim)  # (B, N, H, d)
-        path = self.path if self.path != "auto" else ("recurrent" if N <= 4 else "fft")
+        u = (self.f(k) * v).view(B, self.n_heads, self.head_dim, N)  # (B, H, d, N)
         field_in = state["field"] if state is not None else None
-        y = propagate(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, return_state)
-        if return_state:
+        y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
+        field = None
+        if need_state:
             y, field = y
-        y = y.to(x.dtype).reshape(B, N, D)
-        out = self.out_proj(torch.sigmoid(g) * self.f(q) * y)
-        if not return_state:
-            return out
+        z = torch.sigmoid(g) * self.f(q) * y.to(x.dtype).view(B, D, N)  # (B, D, N)
+        out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
         return out, {"field": field, "conv": conv_state}
 
     def extra_repr(self) -> str:

@@ -1,4 +1,14 @@
-"""Pure tensor operations: the wave kernel and the three exact propagation paths."""
+"""Pure tensor operations: the wave kernel, the three exact propagation paths, the short conv."""
 
+from .conv import short_conv
 from .kernel import next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
-from .propagate import PATHS, carry_in, propagate, propagate_chunked, propagate_fft, propagate_recurrent, state_out
+from .propagate import (
+    PATHS,
+    carry_in,
+    propagate,
+    propagate_chunked,
+    propagate_fft,
+    propagate_heads,
+    propagate_recurrent,
+    state_out,
+)

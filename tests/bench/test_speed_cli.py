@@ -1,0 +1,54 @@
+"""`wavefield bench speed` end to end at tiny sizes, so that the command never rots. No timing
+is asserted: only that every part runs and writes well-formed records, a report and plots."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wavefield.cli import main
+
+
+def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "speed", "--quick", "--out", str(out), "--ops", "wave,wave-lean,wave-fft,sdpa,sliding", "--lengths", "64",
+            "--repeats", "1", "--train-lengths", "32", "--decode-contexts", "8,32", "--long-length", "300", "--threads", "1"]
+    assert main(argv) == 0
+    results = json.loads((out / "speed.json").read_text())
+    records = results["records"]
+    assert results["environment"]["threads"] == 1
+    for rec in records:
+        assert {"op", "n", "mode", "seconds", "peak_mb", "skipped"} <= set(rec)
+    kinds = {r["kind"] for r in records}
+    assert {"copy", "mixer", "floor", "train", "decode", "long"} <= kinds
+    mixers = {(r["op"], r["mode"]) for r in records if r["kind"] == "mixer"}
+    assert mixers == {(op, mode) for op in ("wave", "wave-fft", "sdpa", "sliding") for mode in ("forward", "backward")} | {("wave-lean", "backward")}
+    assert {r["mode"] for r in records if r["kind"] == "floor"} == {"forward", "backward"}
+    assert all(r["seconds"] > 0 for r in records if r["kind"] in ("mixer", "train", "decode", "long"))
+    decode = {(r["op"], r["n"]): r["state_mb"] for r in records if r["kind"] == "decode"}
+    assert decode[("wave-lm", 8)] == decode[("wave-lm", 32)]  # the wave state does not grow
+    assert decode[("transformer-lm", 32)] * 9 == pytest.approx(decode[("transformer-lm", 8)] * 33)  # the KV cache grows (prompt + 1)
+    report = (out / "speed.md").read_text()
+    assert "## Targets" in report and "| 64 |" in report
+    for name in ("mixer_time.png", "mixer_memory.png", "decode_latency.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_skips_instead_of_running(tmp_path):
+    argv = ["bench", "speed", "--quick", "--out", str(tmp_path), "--ops", "materialised", "--lengths", "64",
+            "--parts", "mixer", "--modes", "forward", "--max-memory-gb", "0.000001"]
+    assert main(argv) == 0
+    mixer = [r for r in json.loads((tmp_path / "speed.json").read_text())["records"] if r["kind"] == "mixer"]
+    assert len(mixer) == 1 and mixer[0]["skipped"] and "GiB" in mixer[0]["reason"] and mixer[0]["seconds"] is None
+
+
+@pytest.mark.parametrize("args,needle", [(["--lengths", "12,x"], "--lengths"), (["--ops", "flash"], "flash"),
+                                         (["--d-model", "30", "--n-heads", "4"], "--d-model")])
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
+    proc = subprocess.run([sys.executable, "-m", "wavefield.cli", "bench", "speed", "--quick", "--out", str(tmp_path), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "speed.json").exists()

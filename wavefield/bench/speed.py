@@ -1,0 +1,432 @@
+"""`wavefield bench speed`: time and memory of the wave mixer and model against attention peers.
+
+Parts (each can be picked with --parts):
+* mixer:  every mixer (projections included) at each N, forward (no grad) and forward+backward:
+          median seconds, peak extra memory, theoretical GFLOPs. Competing mixers run interleaved
+          in one process; a call predicted to exceed the time or memory budget is skipped and
+          recorded as skipped. The wave mixer's floor is measured beside it in the same run:
+          its two projection matmuls timed alone plus one read and one write of the field at
+          the copy bandwidth measured on the spot.
+* train:  training tokens/s (forward, cross-entropy, backward, AdamW step) of the wave LM and
+          the transformer LM at matched parameter counts.
+* decode: per-token latency and state memory after a prompt of each context length, the wave
+          recurrent state against the transformer's KV cache.
+* long:   one forward pass of a small wave LM over a very long input, time and peak memory.
+
+Output: one JSON record per measurement (op, n, mode, seconds, peak_mb, skipped, ...), a
+markdown report and PNG plots.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import WaveFieldConfig
+from ..io import write_text_atomic
+from ..layers import CausalSelfAttention, WaveFieldAttention
+from ..model import WaveFieldLM
+from .measure import copy_bandwidth, median, peak_extra_mb, time_call
+from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
+
+MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
+MODES = ("forward", "backward")  # backward means forward + backward
+PARTS = ("mixer", "train", "decode", "long")
+WINDOW = 512
+
+
+@dataclass
+class Settings:
+    ops: tuple = MIXERS
+    lengths: tuple = tuple(2**k for k in range(9, 21))  # 512 .. 1M
+    modes: tuple = MODES
+    parts: tuple = PARTS
+    d_model: int = 256
+    n_heads: int = 8
+    batch: int = 1
+    repeats: int = 3
+    max_seconds: float = 60.0  # per call: longer predicted calls are skipped
+    max_memory_gb: float = 8.0  # per call: larger predicted peaks are skipped
+    train_lengths: tuple = (512, 2048, 8192)
+    train_tokens: int = 8192  # tokens per training step (batch = train_tokens // length)
+    decode_contexts: tuple = (128, 512, 2048, 8192, 32768)
+    decode_steps: int = 16
+    long_length: int = 2**20
+    vocab_size: int = 8192
+    n_layers: int = 4
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    records: list = field(default_factory=list)
+
+
+QUICK = dict(
+    lengths=(64, 128), train_lengths=(32, 64), train_tokens=128, decode_contexts=(16, 64), decode_steps=3,
+    long_length=4096, d_model=32, n_heads=4, vocab_size=64, n_layers=2, repeats=2, max_seconds=10.0, max_memory_gb=1.0,
+)
+
+
+def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
+    if op == "wave":
+        return WaveFieldAttention(d_model, n_heads)  # path "auto": chunked and tiled for N > 4
+    if op == "wave-lean":  # recomputes each tile in backward: forward + backward memory O(tile)
+        return WaveFieldAttention(d_model, n_heads, recompute=True)
+    if op == "wave-fft":
+        return WaveFieldAttention(d_model, n_heads, path="fft")
+    if op == "sdpa":
+        return CausalSelfAttention(d_model, n_heads)
+    if op == "materialised":
+        return MaterialisedAttention(d_model, n_heads)
+    if op == "sliding":
+        return SlidingWindowAttention(d_model, n_heads, WINDOW)
+    if op == "linear":
+        return LinearAttention(d_model, n_heads)
+    raise ValueError(f"unknown mixer {op!r}; expected one of {MIXERS}")
+
+
+def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
+    """Theoretical multiply-add FLOPs (x2) of the matmuls, FFTs and attention products.
+    Forward + backward counts as 3x forward (4x where the forward is recomputed)."""
+    D, d = d_model, d_model // n_heads
+    if op.startswith("wave"):
+        proj = 10 * n * D * D  # in (D -> 4D) and out (D -> D)
+        if op == "wave":
+            C = 64
+            mix = 2 * n * C * D + 8 * n * D  # Toeplitz inside chunks, carry in and out of them
+        else:
+            n_fft = 2 * n
+            mix = 2 * 2.5 * n_fft * math.log2(n_fft) * D + 3 * n_fft * D  # two real FFTs and a product
+    else:
+        proj = 8 * n * D * D  # q, k, v (D -> 3D) and out (D -> D)
+        mix = {
+            "sdpa": 2 * n * n * D,  # q k^T and p v over the causal half
+            "materialised": 4 * n * n * D,  # the full square
+            "sliding": 8 * n * min(WINDOW, n) * D,  # each block of queries sees 2 blocks of keys
+            "linear": 4 * n * 64 * D + 4 * n * d * D,  # inside chunks, plus the d x d running sums
+        }[op]
+    passes = 1 if mode == "forward" else 4 if op == "wave-lean" else 3
+    return batch * (proj + mix) * passes / 1e9
+
+
+def mixer_bytes(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
+    """A rough upper estimate of a call's peak memory, only to skip hopeless configurations."""
+    act = batch * n * d_model * 4
+    grad = 3 if mode == "backward" else 1
+    if op == "materialised":
+        return grad * 3 * batch * n_heads * n * n * 4 + 10 * act
+    if op == "sliding":
+        return grad * 3 * batch * n_heads * n * 2 * WINDOW * 4 + 10 * act
+    if op == "wave-fft":
+        return grad * 16 * act
+    if op == "wave" and mode == "forward":
+        return 3 * act  # tiled: input, output and the tiles' outputs before they are joined
+    if op == "wave-lean":
+        return 6 * act
+    return grad * 12 * act
+
+
+def _record(s: Settings, **rec):
+    rec.setdefault("peak_mb", None)
+    rec.setdefault("skipped", False)
+    s.records.append(rec)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if v is not None)
+    print(shown, flush=True)
+    return rec
+
+
+def _predict_seconds(s: Settings, op: str, n: int, mode: str):
+    """Extrapolate from the largest measured N of the same op and mode (N^2 for attention)."""
+    done = [r for r in s.records if r.get("kind") == "mixer" and r["op"] == op and r["mode"] == mode and not r["skipped"]]
+    if not done:
+        return None
+    last = max(done, key=lambda r: r["n"])
+    power = 2 if op in ("sdpa", "materialised") else 1.1
+    return last["seconds"] * (n / last["n"]) ** power
+
+
+def bench_mixers(s: Settings, device: torch.device):
+    bandwidth = copy_bandwidth(device)
+    _record(s, kind="copy", op="copy", n=None, mode="bandwidth", seconds=None, gb_per_s=bandwidth / 1e9)
+    D, B = s.d_model, s.batch
+    for n in s.lengths:
+        x = torch.randn(B, n, D, device=device)
+        for mode in s.modes:
+            mixers = {}
+            for op in s.ops:
+                if op == "wave-lean" and mode == "forward":
+                    continue  # identical to "wave" without gradients
+                flops = mixer_gflops(op, n, D, s.n_heads, B, mode)
+                predicted = _predict_seconds(s, op, n, mode)
+                need = mixer_bytes(op, n, D, s.n_heads, B, mode) / 2**30
+                reason = None
+                if predicted is not None and predicted > s.max_seconds:
+                    reason = f"predicted {predicted:.0f} s > {s.max_seconds:g} s"
+                elif need > s.max_memory_gb:
+                    reason = f"predicted {need:.1f} GiB > {s.max_memory_gb:g} GiB"
+                if reason:
+                    _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=None, skipped=True, reason=reason, gflops=flops)
+                else:
+                    torch.manual_seed(0)
+                    mixers[op] = (make_mixer(op, D, s.n_heads).to(device), flops, predicted)
+            if "wave" in s.ops:
+                wave = mixers.get("wave", (make_mixer("wave", D, s.n_heads).to(device),))[0]
+                mixers["floor"] = (wave, None, None)
+            _time_interleaved(s, mixers, x, mode, device, bandwidth)
+
+
+def _call(op, module, x, mode, grad_out):
+    """The function a measurement times: the mixer's forward, or forward + backward."""
+    if op == "floor":  # the wave mixer's two projections alone, as the layer runs them
+        B, N, D = x.shape
+        w_in, w_out = (p.detach().requires_grad_(mode == "backward") for p in (module.in_proj.weight, module.out_proj.weight))
+        z = torch.randn(B, D, N, device=x.device, requires_grad=mode == "backward")  # (B, D, N)
+        xg = x.detach().requires_grad_(mode == "backward")
+
+        def projections():
+            with torch.set_grad_enabled(mode == "backward"):
+                p = torch.bmm(w_in.expand(B, -1, -1), xg.mT)  # (B, 4D, N)
+                out = torch.bmm(z.mT, w_out.t().expand(B, -1, -1))  # (B, N, D)
+                if mode == "backward":
+                    torch.autograd.backward([p, out], [p.detach(), grad_out])
+
+        return projections
+    if mode == "forward":
+
+        def forward():
+            with torch.no_grad():
+                module(x)
+
+        return forward
+    xg = x.detach().requires_grad_()
+
+    def forward_backward():
+        for p in module.parameters():
+            p.grad = None
+        module(xg).backward(grad_out)
+
+    return forward_backward
+
+
+def _time_interleaved(s: Settings, mixers: dict, x, mode: str, device, bandwidth: float):
+    n = x.shape[1]
+    grad_out = torch.randn_like(x) if mode == "backward" else None
+    calls = {op: _call(op, m, x, mode, grad_out) for op, (m, _, _) in mixers.items()}
+    times = {op: [] for op in calls}
+    slow = {op for op, (_, _, p) in mixers.items() if p is not None and p > 5.0}
+    for op, fn in calls.items():  # warm-up, except where one call already takes seconds
+        if op not in slow:
+            fn()
+    peaks = {}
+    for r in range(s.repeats):
+        for op, fn in calls.items():
+            if r == 0:  # the first timed call also gives the peak memory
+                peaks[op] = peak_extra_mb(lambda: times[op].append(time_call(fn, device)), device)
+            elif op not in slow:
+                times[op].append(time_call(fn, device))
+    for op, fn in calls.items():
+        seconds = median(times[op])
+        if op == "floor":
+            copy_s = 2 * x.numel() * 4 / bandwidth * (1 if mode == "forward" else 3)  # read the deposit, write the field
+            _record(s, kind="floor", op="wave-floor", n=n, mode=mode, seconds=seconds + copy_s, proj_seconds=seconds, copy_seconds=copy_s)
+            continue
+        flops = mixers[op][1]
+        _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=seconds, peak_mb=peaks[op], gflops=flops,
+                gflops_per_s=flops / seconds, repeats=len(times[op]))
+
+
+def lm_configs(s: Settings, vocab_size=None):
+    """The wave LM and the transformer LM at matched parameter counts: a wave mixer has 5 D^2
+    weights and an attention mixer 4 D^2, so the wave model's MLP is narrower by D^2 / 2."""
+    common = dict(vocab_size=vocab_size or s.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads)
+    wave = WaveFieldConfig(**common, mlp_ratio=3.5)
+    transformer = WaveFieldConfig(**common, mlp_ratio=4.0, layer_types=["attention"] * s.n_layers)
+    return {"wave-lm": wave, "transformer-lm": transformer}
+
+
+def bench_train(s: Settings, device: torch.device):
+    models = {}
+    for name, cfg in lm_configs(s).items():
+        torch.manual_seed(0)
+        model = WaveFieldLM(cfg).to(device).train()
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    for length in s.train_lengths:
+        batch = max(1, s.train_tokens // length)
+        ids = torch.randint(0, s.vocab_size, (batch, length), device=device)
+
+        def step(model, opt):
+            logits = model(ids)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        times = {name: [] for name in models}
+        for name, (model, opt) in models.items():
+            step(model, opt)  # warm-up
+        for _ in range(s.repeats):
+            for name, (model, opt) in models.items():
+                times[name].append(time_call(lambda: step(model, opt), device))
+        for name, (model, _) in models.items():
+            seconds = median(times[name])
+            _record(s, kind="train", op=name, n=length, mode="train", seconds=seconds, batch=batch,
+                    tokens_per_s=batch * length / seconds, params=model.num_parameters())
+
+
+def _state_mb(state) -> float:
+    tensors = [t for layer in state for t in layer.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+@torch.no_grad()
+def bench_decode(s: Settings, device: torch.device):
+    models = {}
+    for name, cfg in lm_configs(s).items():
+        torch.manual_seed(0)
+        models[name] = WaveFieldLM(cfg).to(device).eval()
+    for context in s.decode_contexts:
+        prompt = torch.randint(0, s.vocab_size, (1, context), device=device)
+        token = prompt[:, -1:]
+        for name, model in models.items():
+            _, state = model(prompt, return_state=True)
+            _, after = model(token, state=state, return_state=True)  # warm-up
+            # every timed step starts from the same prompt state, so the context stays `context`
+            times = [time_call(lambda: model(token, state=state, return_state=True), device) for _ in range(s.decode_steps)]
+            _record(s, kind="decode", op=name, n=context, mode="decode", seconds=median(times), state_mb=_state_mb(after))
+
+
+@torch.no_grad()
+def bench_long(s: Settings, device: torch.device):
+    """One forward pass of the small wave LM over s.long_length tokens. Its vocabulary is 256
+    (bytes): with a vocabulary of V the logits alone take N * V * 4 bytes (32 GiB at 1M tokens
+    and V = 8192), whatever the architecture."""
+    cfg = lm_configs(s, vocab_size=256)["wave-lm"]
+    torch.manual_seed(0)
+    model = WaveFieldLM(cfg).to(device).eval()
+    ids = torch.randint(0, 256, (1, s.long_length), device=device)
+    seconds = []
+    peak = peak_extra_mb(lambda: seconds.append(time_call(lambda: model(ids), device)), device)
+    _record(s, kind="long", op="wave-lm", n=s.long_length, mode="forward", seconds=seconds[0], peak_mb=peak,
+            params=model.num_parameters(), vocab_size=256)
+
+
+def environment(s: Settings, device: torch.device) -> dict:
+    env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "d_model": s.d_model, "n_heads": s.n_heads, "batch": s.batch}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        env["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return env
+
+
+def run_speed(s: Settings, out_dir, json_path=None) -> dict:
+    """Run the selected parts; write JSON, markdown and plots into out_dir. Returns the results."""
+    device = torch.device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    env = environment(s, device)
+    steps = {"mixer": bench_mixers, "train": bench_train, "decode": bench_decode, "long": bench_long}
+    for part in s.parts:
+        steps[part](s, device)
+    env["load_average_after"] = environment(s, device).get("load_average")
+    results = {"environment": env, "records": s.records}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(json_path) if json_path else out_dir / "speed.json", json.dumps(results, indent=1))
+    from .report import write_plots, write_report  # matplotlib is only needed here
+
+    write_text_atomic(out_dir / "speed.md", write_report(results))
+    write_plots(results, out_dir)
+    return results
+
+
+def add_cli(benchmarks):
+    """`wavefield bench speed ...`: the arguments map one to one onto Settings."""
+    p = benchmarks.add_parser("speed", help="speed and memory of the wave mixer and model against attention peers")
+    p.add_argument("--ops", type=_choices(MIXERS), default=None, help=f"comma-separated mixers from {','.join(MIXERS)}")
+    p.add_argument("--lengths", type=_ints, default=None, help="comma-separated sequence lengths, e.g. 512,8192,32768")
+    p.add_argument("--modes", type=_choices(MODES), default=None, help="forward and/or backward (= forward + backward)")
+    p.add_argument("--parts", type=_choices(PARTS), default=None, help=f"comma-separated parts from {','.join(PARTS)}")
+    p.add_argument("--json", dest="json_path", default=None, help="JSON output file (default OUT/speed.json)")
+    p.add_argument("--out", default="bench-results", help="folder for speed.json, speed.md and plots")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
+    for name, kind in (("d-model", int), ("n-heads", int), ("batch", int), ("repeats", int), ("threads", int),
+                       ("max-seconds", float), ("max-memory-gb", float), ("long-length", int)):
+        p.add_argument(f"--{name}", type=_positive(kind), default=None)
+    p.add_argument("--decode-contexts", type=_ints, default=None, help="comma-separated prompt lengths for decoding")
+    p.add_argument("--train-lengths", type=_ints, default=None, help="comma-separated training sequence lengths")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=cli_speed)
+
+
+def cli_speed(args) -> int:
+    s = Settings(**(QUICK if args.quick else {}))
+    for name in ("ops", "lengths", "modes", "parts", "d_model", "n_heads", "batch", "repeats", "threads", "max_seconds",
+                 "max_memory_gb", "long_length", "decode_contexts", "train_lengths"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if s.d_model % s.n_heads or (s.d_model // s.n_heads) % 2:
+        raise SystemExit(_usage_error(f"--d-model {s.d_model} must split into --n-heads {s.n_heads} heads of even size"))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(_usage_error(f"--device {args.device}: CUDA is not available here"))
+    s.device = args.device
+    run_speed(s, args.out, args.json_path)
+    print(f"wrote {args.json_path or Path(args.out) / 'speed.json'}, {Path(args.out) / 'speed.md'} and plots in {args.out}")
+    return 0
+
+
+def _usage_error(message: str, prog: str = "wavefield bench speed") -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _split(text: str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError("empty list")
+    return items
+
+
+def _ints(text: str) -> tuple:
+    try:
+        values = tuple(int(t) for t in _split(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"lengths must be >= 1, got {text!r}")
+    return values
+
+
+def _choices(allowed):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(_split(text))
+        except ValueError:
+            values = ()
+        bad = [v for v in values if v not in allowed] or ([] if values else [text])
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {','.join(allowed)}")
+        return values
+
+    return parse
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
