@@ -2,3 +2,4 @@
 
 from .kernel import next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
 from .propagate import PATHS, carry_in, propagate, propagate_chunked, propagate_fft, propagate_recurrent, state_out
+from .outer import OUTER_PATHS, outer_chunked, outer_quadratic, outer_recurrent, outer_state_out, propagate_outer

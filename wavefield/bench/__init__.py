@@ -1,0 +1,1 @@
+"""Benchmarks: each a library function with a thin `wavefield bench ...` command over it."""
