@@ -55,9 +55,9 @@ class RecallTask:
 class RecallBudget:
     """How much each model trains; every run is reproducible from (task, model, lr, seed)."""
 
-    steps: int = 1500
-    batch_size: int = 64
-    lrs: tuple = (1e-3, 3e-3)
+    steps: int = 300
+    batch_size: int = 32
+    lrs: tuple = (3e-3,)
     seeds: tuple = (0,)
     test_examples: int = 1000
     warmup: float = 0.1  # fraction of steps with a linear warm-up, then cosine decay to 0
@@ -87,14 +87,17 @@ def mqar(n: int, task: RecallTask, generator: torch.Generator):
     return inputs, targets
 
 
-def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int = 2, n_heads: int = 4, mlp_ratio: float = 0.0, **wave) -> WaveFieldConfig:
+def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int = 2, n_heads: int = 4, mlp_ratio: float = 0.0,
+                  init_std: float | None = None, **wave) -> WaveFieldConfig:
     """The model of `kind` for a task: all wave layers, all attention, or wave then attention
     (the hybrid: its last layer is attention). Blocks have no MLP by default, as in Zoology's
-    recall models. `wave` holds WaveFieldConfig wave options."""
+    recall models, and weights start at std d_model^-0.5 unless init_std says otherwise.
+    `wave` holds WaveFieldConfig options of the wave layers."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
     layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": ["wave"] * (n_layers - 1) + ["attention"]}[kind]
-    return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio, **{"reach_max": float(task.seq_len), **wave})
+    return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio,
+                           init_std=init_std or d_model**-0.5, **{"reach_max": float(task.seq_len), **wave})
 
 
 def answer_logits(model: WaveFieldLM, inputs, targets):
@@ -165,7 +168,7 @@ def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, l
 
 
 def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
-                 n_layers: int = 2, n_heads: int = 4, out_dir=None, log=print) -> list[dict]:
+                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print) -> list[dict]:
     """Every model kind on every task; one record per (task, kind) with its best learning rate.
 
     Writes recall.json and recall.md into out_dir when given. `wave` holds the wave options
@@ -173,7 +176,8 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
     """
     budget = budget or RecallBudget()
     wave = dict(RECALL_WAVE if wave is None else wave)
-    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, **(wave if kind != "transformer" else {})) for task in tasks for kind in kinds}
+    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, init_std=init_std, **(wave if kind != "transformer" else {}))
+               for task in tasks for kind in kinds}
     records = []
     for task in tasks:
         test = mqar(budget.test_examples, task, torch.Generator().manual_seed(123_456_789))  # fixed test set
@@ -192,7 +196,7 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
                 "task": task.name, "seq_len": task.seq_len, "n_pairs": task.n_pairs, "model": kind,
                 "accuracy": sum(by_lr[best_lr]) / len(by_lr[best_lr]), "best_lr": best_lr,
                 "parameters": runs[0]["parameters"], "layer_types": cfg.layer_types,
-                "wave_options": wave if kind != "transformer" else None, "runs": runs,
+                "wave_options": wave if kind != "transformer" else None, "config": cfg.to_dict(), "runs": runs,
             })
     if out_dir is not None:
         write_recall_report(records, budget, Path(out_dir))
