@@ -57,7 +57,7 @@ class RecallBudget:
 
     steps: int = 300
     batch_size: int = 32
-    lrs: tuple = (3e-3,)
+    lrs: tuple = (3e-3, 1e-2)
     seeds: tuple = (0,)
     test_examples: int = 1000
     warmup: float = 0.1  # fraction of steps with a linear warm-up, then cosine decay to 0
@@ -68,7 +68,7 @@ class RecallBudget:
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
 TASKS = (RecallTask(256, 16), RecallTask(512, 64))
 # the wave layer options that the recall benchmark uses for the wave and hybrid models
-RECALL_WAVE = {"wave_deposit": "outer", "wave_norm": True, "short_conv": 4, "feature_map": "identity", "omega_scale": 0.01, "reach_min": 16.0, "reach_max": 1024.0}
+RECALL_WAVE = {"wave_deposit": "outer", "wave_norm": True, "short_conv": 4, "feature_map": "elu1", "omega_scale": 0.01, "reach_min": 16.0, "reach_max": 1024.0}
 
 
 def mqar(n: int, task: RecallTask, generator: torch.Generator):
