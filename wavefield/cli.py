@@ -39,6 +39,7 @@ def add_recall_parser(bench):
     p.add_argument("--omega-scale", type=float, default=RECALL_WAVE["omega_scale"], help="initial frequencies times this (default %(default)s)")
     p.add_argument("--reach", default=f"{RECALL_WAVE['reach_min']:g}:{RECALL_WAVE['reach_max']:g}", help="initial reach range MIN:MAX in tokens (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default %(default)s)")
     p.add_argument("--out", default="runs/recall", help="folder for recall.json and recall.md (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
 
@@ -69,9 +70,15 @@ def run_recall(args) -> int:
         raise ValueError(f"{out / 'recall.json'} exists; pass --overwrite to replace it or choose another --out")
     wave = {"wave_deposit": args.deposit, "wave_norm": args.norm, "short_conv": args.short_conv, "feature_map": args.feature_map,
             "omega_scale": args.omega_scale, "reach_min": reach[0], "reach_max": reach[1]}
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out)
+    bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device)
     print(f"wrote {out / 'recall.json'} and {out / 'recall.md'}")
     return 0
 

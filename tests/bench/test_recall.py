@@ -72,3 +72,5 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     assert len(err) == 1 and "exists" in err[0]
     assert (out / "recall.json").read_bytes() == before
     assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -103,6 +103,7 @@ def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int
 def answer_logits(model: WaveFieldLM, inputs, targets):
     """Logits at the answer positions only (M, vocab) and their targets (M,): the output head
     runs on M = batch * n_pairs rows instead of every token."""
+    inputs, targets = inputs.to(model.embed.weight.device), targets.to(model.embed.weight.device)
     x = model.embed(inputs)  # (B, N, D)
     for block in model.blocks:
         x, _ = block(x)
@@ -136,10 +137,10 @@ def _optimizer(model: WaveFieldLM, lr: float, budget: RecallBudget):
     return torch.optim.AdamW(groups, betas=(0.9, 0.98))
 
 
-def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, lr: float, seed: int, test, log=None) -> dict:
+def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, lr: float, seed: int, test, log=None, device="cpu") -> dict:
     """Train one model on fresh MQAR batches, then score it on `test` = (inputs, targets)."""
     torch.manual_seed(seed)
-    model = WaveFieldLM(cfg)
+    model = WaveFieldLM(cfg).to(device)
     opt = _optimizer(model, lr, budget)
     gen = torch.Generator().manual_seed(1_000_003 * seed + 1)  # training data: its own stream per seed
     warm = max(1, int(budget.warmup * budget.steps))
@@ -168,7 +169,7 @@ def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, l
 
 
 def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
-                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print) -> list[dict]:
+                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print, device="cpu") -> list[dict]:
     """Every model kind on every task; one record per (task, kind) with its best learning rate.
 
     Writes recall.json and recall.md into out_dir when given. `wave` holds the wave options
@@ -187,7 +188,7 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
             for lr in budget.lrs:
                 for seed in budget.seeds:
                     log(f"{task.name} {kind} lr={lr:g} seed={seed}")
-                    run = train_recall(cfg, task, budget, lr, seed, test, log)
+                    run = train_recall(cfg, task, budget, lr, seed, test, log, device)
                     log(f"  accuracy {run['accuracy']:.4f} ({run['train_seconds']} s)")
                     runs.append({"lr": lr, "seed": seed, **run})
             by_lr = {lr: [r["accuracy"] for r in runs if r["lr"] == lr] for lr in budget.lrs}
