@@ -15,6 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _comma_list(kind):
+    def parse(text):
+        return tuple(kind(x) for x in text.split(","))
+
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
+
+
 def add_recall_parser(bench):
     from .bench.recall import QUICK, RECALL_WAVE, RecallBudget
 
@@ -24,8 +32,8 @@ def add_recall_parser(bench):
     p.add_argument("--quick", action="store_true", help=f"smoke-test budget ({QUICK.steps} steps of {QUICK.batch_size})")
     p.add_argument("--steps", type=int, help=f"training steps per run (default {RecallBudget.steps})")
     p.add_argument("--batch-size", type=int, help=f"sequences per step (default {RecallBudget.batch_size})")
-    p.add_argument("--lrs", help=f"comma-separated learning rates, best kept (default {','.join(map(str, RecallBudget.lrs))})")
-    p.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    p.add_argument("--lrs", type=_comma_list(float), help=f"comma-separated learning rates, best kept (default {','.join(map(str, RecallBudget.lrs))})")
+    p.add_argument("--seeds", type=_comma_list(int), help="comma-separated seeds (default 0)")
     p.add_argument("--test-examples", type=int, help=f"test sequences per task (default {RecallBudget.test_examples})")
     p.add_argument("--physical-lr-scale", type=float, help="learning rate of omega, alpha, phi relative to the rest (default 1)")
     p.add_argument("--d-model", type=int, default=128)
@@ -61,7 +69,7 @@ def run_recall(args) -> int:
         raise ValueError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024")
     tasks = [RecallTask(*t) for t in tasks]
     given = {"steps": args.steps, "batch_size": args.batch_size, "test_examples": args.test_examples, "physical_lr_scale": args.physical_lr_scale,
-             "lrs": args.lrs and tuple(float(x) for x in args.lrs.split(",")), "seeds": args.seeds and tuple(int(x) for x in args.seeds.split(","))}
+             "lrs": args.lrs, "seeds": args.seeds}
     budget = dataclasses.replace(QUICK if args.quick else RecallBudget(), **{k: v for k, v in given.items() if v is not None})
     out = Path(args.out)
     if out.exists() and not out.is_dir():

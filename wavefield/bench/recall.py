@@ -64,6 +64,10 @@ class RecallBudget:
     weight_decay: float = 0.1
     physical_lr_scale: float = 1.0  # learning rate of omega, alpha, phi relative to the rest
 
+    def __post_init__(self):
+        if min(self.steps, self.batch_size, self.test_examples) < 1 or not self.lrs or not self.seeds or min(self.lrs) <= 0:
+            raise ValueError(f"a recall budget needs steps, batch_size, test_examples >= 1 and positive learning rates, got {self}")
+
 
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
 TASKS = (RecallTask(256, 16), RecallTask(512, 64))
