@@ -27,6 +27,8 @@ def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):
         reach_max=draw(st.sampled_from([4.0, 16.0, 64.0])),
         chunk_size=draw(st.sampled_from([3, 8, 16])),
         mlp_ratio=2.0,
+        wave_deposit=draw(st.sampled_from(["channel", "outer"])),
+        wave_norm=draw(st.booleans()),
     )
 
 
@@ -59,6 +61,7 @@ def leak_per_position(model, ids, batched=True):
 @given(cfg=configs(), N=st.integers(1, 150), seed=st.integers(0, 1000))
 @example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8), N=97, seed=0)
 @example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=4, layer_types=["wave", "attention", "wave"], reach_max=4.0), N=131, seed=1)
+@example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8, wave_deposit="outer", wave_norm=True), N=97, seed=2)
 def test_exact_causality(cfg, N, seed):
     """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
     the j-1 neighbour included, and does move the logits at j."""
@@ -71,9 +74,10 @@ def test_exact_causality(cfg, N, seed):
     assert (at_j > 0).all()  # the test can see a change when there is one
 
 
-@pytest.mark.parametrize("path", ["chunked", "recurrent"])
-def test_recurrent_and_chunked_paths_leak_exactly_nothing(path):
-    cfg = WaveFieldConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, reach_max=8.0, chunk_size=5, wave_path=path)
+# every path but the FFT (whose round-off reaches every position, bounded above) is exact
+@pytest.mark.parametrize("path, deposit", [("chunked", "channel"), ("recurrent", "channel"), ("fft", "outer"), ("chunked", "outer"), ("recurrent", "outer")])
+def test_matmul_and_recurrent_paths_leak_exactly_nothing(path, deposit):
+    cfg = WaveFieldConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, reach_max=8.0, chunk_size=5, wave_path=path, wave_deposit=deposit)
     model = model_for(cfg, 3)
     ids = torch.randint(0, 50, (1, 23), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -110,9 +114,10 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
     assert (torch.cat(pieces, 1) - ref).abs().max() <= 1e-5 * scale
 
 
+@pytest.mark.parametrize("deposit", ["channel", "outer"])
 @pytest.mark.parametrize("layer_types", [["wave", "wave"], ["attention", "wave"]])
-def test_greedy_generate_matches_full_forward_argmax(layer_types):
-    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0)
+def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
+    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer")
     model = model_for(cfg, 0)
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
     out = model.generate(prompt, max_new_tokens=64, temperature=0)
@@ -133,8 +138,9 @@ def test_sampling_is_reproducible_and_respects_top_k():
     assert torch.equal(one, model.generate(prompt, 10, temperature=0))
 
 
-def test_gradients_reach_the_physical_parameters():
-    cfg = WaveFieldConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "wave"])
+@pytest.mark.parametrize("deposit", ["channel", "outer"])
+def test_gradients_reach_the_physical_parameters(deposit):
+    cfg = WaveFieldConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "wave"], wave_deposit=deposit)
     model = model_for(cfg, 0).train()
     ids = torch.randint(0, 64, (2, 40))
     torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
@@ -208,7 +214,8 @@ def test_empty_input_is_handled():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(n_heads=3), dict(layer_types=["wave"]), dict(layer_types=["wave", "mamba"]), dict(feature_map="relu2"), dict(reach_min=0.0), dict(wave_path="gpu")],
+    [dict(n_heads=3), dict(layer_types=["wave"]), dict(layer_types=["wave", "mamba"]), dict(feature_map="relu2"), dict(reach_min=0.0), dict(wave_path="gpu"),
+     dict(wave_deposit="matrix")],
 )
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):

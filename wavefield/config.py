@@ -7,6 +7,7 @@ from dataclasses import dataclass
 LAYER_TYPES = ("wave", "attention")
 FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
+WAVE_DEPOSITS = ("channel", "outer")
 CONFIG_VERSION = 1
 
 
@@ -16,7 +17,7 @@ class WaveFieldConfig:
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0  # 0: blocks without an MLP (mixer only, as in recall benchmarks)
     # per layer "wave" or "attention"; None means every layer is "wave"
     layer_types: list[str] | None = None
     # wave layers: kernel size of the short causal depthwise conv on q, k, v (0 turns it off)
@@ -27,9 +28,17 @@ class WaveFieldConfig:
     # [reach_min, reach_max] tokens, interleaved across layers
     reach_min: float = 1.0
     reach_max: float = 1024.0
+    # wave layers: initial frequencies are omega_scale * pi / (1 + reach), in (0, 1]
+    omega_scale: float = 1.0
     # wave layers: "auto" takes the recurrence for a few tokens (decoding), chunked otherwise
     wave_path: str = "auto"
     chunk_size: int = 64
+    # wave layers: "channel" deposits f(k) * v (a d-vector field per head); "outer" deposits the
+    # outer product f(k) v^T (a d x d field per head, read with f(q)); for "outer" the "fft" path
+    # is the quadratic whole-sequence form and "auto" takes the chunked one
+    wave_deposit: str = "channel"
+    # wave layers: RMS-normalise each head's read-out before the gate
+    wave_norm: bool = False
     # attention layers: rotary position base
     rope_base: float = 10000.0
     dropout: float = 0.0
@@ -46,14 +55,16 @@ class WaveFieldConfig:
             (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
             (self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}"),
             (self.d_model % max(self.n_heads, 1) == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
-            (self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}"),
+            (self.mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {self.mlp_ratio}"),
             (len(self.layer_types) == self.n_layers, f"layer_types has {len(self.layer_types)} entries but n_layers is {self.n_layers}"),
             (all(t in LAYER_TYPES for t in self.layer_types), f"layer_types entries must be one of {LAYER_TYPES}, got {self.layer_types}"),
             (self.short_conv >= 0, f"short_conv must be >= 0, got {self.short_conv}"),
             (self.feature_map in FEATURE_MAPS, f"feature_map must be one of {FEATURE_MAPS}, got {self.feature_map!r}"),
             (0 < self.reach_min <= self.reach_max, f"need 0 < reach_min <= reach_max, got {self.reach_min}, {self.reach_max}"),
+            (0 < self.omega_scale <= 1, f"omega_scale must be in (0, 1], got {self.omega_scale}"),
             (self.wave_path in WAVE_PATHS, f"wave_path must be one of {WAVE_PATHS}, got {self.wave_path!r}"),
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (self.wave_deposit in WAVE_DEPOSITS, f"wave_deposit must be one of {WAVE_DEPOSITS}, got {self.wave_deposit!r}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
         ]
         for ok, message in checks:

@@ -43,17 +43,19 @@ class Block(nn.Module):
                 cfg.d_model, cfg.n_heads, short_conv=cfg.short_conv, feature_map=cfg.feature_map,
                 reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
+                deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale,
             )
         else:
             self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
-        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.d_model, int(cfg.mlp_ratio * cfg.d_model), cfg.dropout)
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if hidden else None
+        self.mlp = MLP(cfg.d_model, hidden, cfg.dropout) if hidden else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, state=None):
         h, state = self.mixer(self.norm1(x), state=state, return_state=True)
         x = x + self.drop(h)
-        return x + self.mlp(self.norm2(x)), state
+        return (x + self.mlp(self.norm2(x)) if self.mlp is not None else x), state
 
 
 class WaveFieldLM(nn.Module):

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from wavefield import WaveFieldAttention
@@ -28,9 +29,10 @@ def test_initial_heads_span_local_to_long_range_and_differ_by_layer():
     assert (omega > 0).all() and (omega < math.pi).all()
 
 
-def test_layer_state_continues_exactly():
+@pytest.mark.parametrize("deposit", ["channel", "outer"])
+def test_layer_state_continues_exactly(deposit):
     torch.manual_seed(0)
-    layer = WaveFieldAttention(24, 3, short_conv=4).eval()
+    layer = WaveFieldAttention(24, 3, short_conv=4, deposit=deposit, norm=True).eval()
     x = torch.randn(2, 50, 24)
     with torch.no_grad():
         full = layer(x)
@@ -72,3 +74,13 @@ def test_recompute_gives_the_same_gradients():
         grads.append([xg.grad, *(p.grad for p in layer.parameters())])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_outer_deposit_keeps_a_matrix_field_per_head():
+    layer = WaveFieldAttention(24, 3, deposit="outer").eval()
+    _, state = layer(torch.randn(2, 9, 24), return_state=True)
+    assert state["field"].shape == (2, 3, 8, 8) and state["field"].is_complex()
+    with pytest.raises(ValueError, match="wave field state must be complex of shape"):
+        layer(torch.randn(2, 1, 24), state={**state, "field": state["field"][..., 0]})
+    with pytest.raises(ValueError, match="deposit must be one of"):
+        WaveFieldAttention(24, 3, deposit="matrix")

@@ -1,1 +1,1 @@
-"""Benchmarks: speed and memory of the wave mixer and model against attention peers."""
+"""Benchmarks: each a library function with a thin `wavefield bench ...` command over it."""

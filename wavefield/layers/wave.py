@@ -6,12 +6,18 @@
     y[t]       = sum_{s<=t} kappa_h(t-s) u[s]     # the field: a damped wave per head
     out        = W_out(sigmoid(g) * f(q) * y)     # read the field and gate
 
+With deposit="outer" each token deposits the outer product f(k) v^T into a matrix field per
+head and reads it with f(q) (ops.outer): y[t] = sum_{s<=t} kappa_h(t-s) (f(q[t]) . f(k[s])) v[s],
+out = W_out(sigmoid(g) * y). The kernel is the same three numbers per head; the state grows
+from d to d x d complex numbers per head, which is what lets a layer recall many key-value
+pairs. With norm=True the read (f(q) * y, or y) is RMS-normalised per head before the gate.
+
 kappa_h(t) = gain_h * exp(-alpha_h t) cos(omega_h t + phi_h): three physical numbers per head.
 The field is the token axis itself, one cell per token, so nothing is ever interpolated.
 
 State (for processing a long input in pieces, and for decoding one token at a time) is a
-dict: "field", the complex wave state (B, H, d), and "conv", the last short_conv - 1 inputs
-of the short convolution (B, short_conv - 1, 3D).
+dict: "field", the complex wave state (B, H, d) (or (B, H, d, d) for outer deposits), and
+"conv", the last short_conv - 1 inputs of the short convolution (B, short_conv - 1, 3D).
 """
 
 import math
@@ -22,22 +28,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import propagate_heads, short_conv
+from ..ops import propagate_heads, propagate_outer, short_conv
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
+DEPOSITS = ("channel", "outer")
 
 
-def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float):
+def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float, omega_scale: float = 1.0):
     """Initial (omega, alpha) per head: reach 1/alpha log-spaced over [reach_min, reach_max].
 
     The heads of all layers interleave on one log grid, so each layer covers every scale with
     an offset of its own. A head's frequency starts at pi / (1 + reach): local heads oscillate
     quickly (omega near pi/2), long-range heads are slow, with a period of about twice their reach.
+    omega_scale < 1 slows every head down (near 0: a pure decay, as in RetNet's retention).
     """
     frac = (torch.arange(n_heads, dtype=torch.float64) + (layer_index + 0.5) / n_layers) / n_heads
     reach = reach_min * (reach_max / reach_min) ** frac  # (H,)
-    return math.pi / (1.0 + reach), 1.0 / reach
+    return omega_scale * math.pi / (1.0 + reach), 1.0 / reach
 
 
 class WaveFieldAttention(nn.Module):
@@ -55,6 +63,9 @@ class WaveFieldAttention(nn.Module):
         n_layers: int = 1,
         tile_size: int = 2048,
         recompute: bool = False,
+        deposit: str = "channel",
+        norm: bool = False,
+        omega_scale: float = 1.0,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -64,14 +75,17 @@ class WaveFieldAttention(nn.Module):
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.short_conv, self.path, self.chunk_size, self.tile_size = short_conv, path, chunk_size, tile_size
         self.recompute = recompute  # training: keep only each tile's input, recompute the rest in backward
+        if deposit not in DEPOSITS:
+            raise ValueError(f"deposit must be one of {DEPOSITS}, got {deposit!r}")
         self.f = FEATURE_MAPS[feature_map]
+        self.deposit, self.norm = deposit, norm
 
         self.in_proj = nn.Linear(d_model, 4 * d_model, bias=False)
         self.conv = nn.Conv1d(3 * d_model, 3 * d_model, short_conv, groups=3 * d_model) if short_conv else None
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
         # the three physical parameters per head, stored unconstrained
-        omega, alpha = init_scales(n_heads, layer_index, n_layers, reach_min, reach_max)
+        omega, alpha = init_scales(n_heads, layer_index, n_layers, reach_min, reach_max, omega_scale)
         self.omega_raw = nn.Parameter(torch.logit(omega / math.pi).float())  # omega = pi * sigmoid
         self.alpha_raw = nn.Parameter(torch.log(torch.expm1(alpha - ALPHA_MIN)).float())  # softplus + floor
         self.phi = nn.Parameter(torch.zeros(n_heads))
@@ -99,7 +113,7 @@ class WaveFieldAttention(nn.Module):
     def check_state(self, state, batch_size: int):
         if not isinstance(state, dict) or "field" not in state:
             raise ValueError("wave layer state must be a dict with a 'field' entry (as returned with return_state=True)")
-        expected = (batch_size, self.n_heads, self.head_dim)
+        expected = (batch_size, self.n_heads, self.head_dim) + ((self.head_dim,) if self.deposit == "outer" else ())
         if tuple(state["field"].shape) != expected or not state["field"].is_complex():
             raise ValueError(f"wave field state must be complex of shape {expected}, got {tuple(state['field'].shape)}")
         conv = state.get("conv")
@@ -136,15 +150,27 @@ class WaveFieldAttention(nn.Module):
             qkv, conv_state = self._short_conv(qkv, state["conv"] if state is not None else None)
         q, k, v = qkv.split(D, dim=1)  # (B, D, N) each
 
-        u = (self.f(k) * v).view(B, self.n_heads, self.head_dim, N)  # (B, H, d, N)
         field_in = state["field"] if state is not None else None
-        y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
+        if self.deposit == "outer":  # ops.outer works time-major: (B, N, H, d)
+            heads = lambda t: t.view(B, self.n_heads, self.head_dim, N).permute(0, 3, 1, 2)  # noqa: E731
+            outer_path = "quadratic" if path == "fft" else path  # its whole-sequence form
+            y = propagate_outer(heads(self.f(q)) * self.head_dim**-0.5, heads(self.f(k)), heads(v), self.omega, self.alpha, self.phi,
+                                field_in, outer_path, self.chunk_size, need_state)
+        else:
+            u = (self.f(k) * v).view(B, self.n_heads, self.head_dim, N)  # (B, H, d, N)
+            y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
         field = None
         if need_state:
             y, field = y
-        z = torch.sigmoid(g) * self.f(q) * y.to(x.dtype).view(B, D, N)  # (B, D, N)
+        if self.deposit == "outer":
+            read = y.to(x.dtype).permute(0, 2, 3, 1)  # (B, H, d, N)
+        else:
+            read = self.f(q).view(B, self.n_heads, self.head_dim, N) * y.to(x.dtype)  # (B, H, d, N)
+        if self.norm:  # RMS over each head's d channels
+            read = F.rms_norm(read.transpose(-1, -2), (self.head_dim,)).transpose(-1, -2)
+        z = torch.sigmoid(g) * read.reshape(B, D, N)  # (B, D, N)
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
         return out, {"field": field, "conv": conv_state}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, path={self.path!r}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, path={self.path!r}"

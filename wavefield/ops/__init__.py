@@ -12,3 +12,4 @@ from .propagate import (
     propagate_recurrent,
     state_out,
 )
+from .outer import OUTER_PATHS, outer_chunked, outer_quadratic, outer_recurrent, outer_state_out, propagate_outer

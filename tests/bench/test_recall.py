@@ -1,0 +1,76 @@
+"""MQAR data as Zoology defines it, the answer-only scoring, and the `bench recall` command."""
+
+import json
+
+import torch
+
+from wavefield import WaveFieldLM
+from wavefield.bench.recall import IGNORE, RecallTask, answer_logits, mqar, recall_accuracy, recall_config
+from wavefield.cli import main
+
+
+def test_mqar_sequences_hold_pairs_then_queries_answered_by_their_values():
+    task = RecallTask(256, 16)
+    inputs, targets = mqar(200, task, torch.Generator().manual_seed(0))
+    assert inputs.shape == targets.shape == (200, 256)
+    P, V = task.n_pairs, task.vocab_size
+    for x, y in zip(inputs.tolist(), targets.tolist()):
+        keys, values = x[0 : 2 * P : 2], x[1 : 2 * P : 2]
+        assert len(set(keys)) == P and all(1 <= k < V // 2 for k in keys)
+        assert len(set(values)) == P and all(V // 2 <= v < V for v in values)
+        answers = [t for t in range(len(y)) if y[t] != IGNORE]
+        assert len(answers) == P and all(t >= 2 * P and (t - 2 * P) % 2 == 0 for t in answers)
+        lookup = dict(zip(keys, values))
+        assert sorted(x[t] for t in answers) == sorted(keys)  # every key asked exactly once
+        assert all(y[t] == lookup[x[t]] for t in answers)  # answered by its own value
+        assert all(x[t] == 0 for t in range(2 * P, len(x)) if t not in answers)
+
+
+def test_query_gaps_follow_a_decaying_power_law():
+    inputs, targets = mqar(2000, RecallTask(256, 16), torch.Generator().manual_seed(1))
+    gaps = ((targets != IGNORE).nonzero()[:, 1] - 32) // 2
+    counts = torch.bincount(gaps, minlength=112).double()
+    assert counts[:10].mean() > 2 * counts[50:60].mean() > 0  # near queries are common, far ones occur
+    a, b = mqar(5, RecallTask(64, 4), torch.Generator().manual_seed(7)), mqar(5, RecallTask(64, 4), torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # reproducible from the seed
+
+
+def test_answer_logits_are_the_model_logits_at_the_answers():
+    task = RecallTask(32, 4, vocab_size=64)
+    model = WaveFieldLM(recall_config("hybrid", task, d_model=16, n_heads=2)).eval()
+    inputs, targets = mqar(3, task, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, answers = answer_logits(model, inputs, targets)
+        full = model(inputs)
+    mask = targets != IGNORE
+    torch.testing.assert_close(logits, full[mask])
+    assert torch.equal(answers, targets[mask])
+    acc = recall_accuracy(model, inputs, targets)
+    assert acc == (full[mask].argmax(-1) == targets[mask]).double().mean().item()
+
+
+def test_model_kinds_have_the_layers_they_name():
+    task = RecallTask(64, 4)
+    assert recall_config("wave", task).layer_types == ["wave", "wave"]
+    assert recall_config("transformer", task).layer_types == ["attention", "attention"]
+    assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave", "attention"]
+
+
+def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["bench", "recall", "--quick", "--tasks", "32:4", "--d-model", "16", "--n-heads", "2", "--test-examples", "20", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "recall.json").read_text())
+    assert [r["model"] for r in report["records"]] == ["wave", "transformer", "hybrid"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["task"] == "mqar-32-4" for r in report["records"])
+    assert report["records"][0]["wave_options"]["wave_deposit"] == "outer"
+    assert "| mqar-32-4 | hybrid | wave+attention |" in (out / "recall.md").read_text()
+    before = (out / "recall.json").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2  # an earlier report is not replaced without --overwrite
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists" in err[0]
+    assert (out / "recall.json").read_bytes() == before
+    assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,226 @@
+"""Multi-query associative recall (MQAR), the synthetic task of the Zoology benchmark.
+
+A sequence starts with n_pairs key-value pairs (keys from the lower half of the vocabulary,
+values from the upper half, all distinct within a sequence); each key is asked again later,
+at a gap drawn from a power law (p(gap) ~ gap^(a - 1), a = 0.01, so most queries come soon
+after the pairs and a few far away), and the model must answer with the key's value. Every
+other position holds token 0. Loss and accuracy count the answer tokens only.
+
+    k1 v1 k2 v2 ... kP vP | 0 0 k2 0 0 0 k1 0 ...     inputs
+    -  -  -  -  ... -  -  | - - v2 - - - v1 - ...     targets (- is ignored)
+
+`bench_recall` trains small models (2 layers, d_model 128, vocab 8192 by default) for each
+task, model kind, learning rate and seed on fresh examples, scores each on a fixed test set,
+and keeps, per model and task, the best learning rate (as Zoology reports its sweeps).
+"""
+
+import dataclasses
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import WaveFieldConfig
+from ..io import write_text_atomic
+from ..model import WaveFieldLM
+
+MODEL_KINDS = ("wave", "transformer", "hybrid")
+IGNORE = -100
+
+
+@dataclass
+class RecallTask:
+    seq_len: int
+    n_pairs: int
+    vocab_size: int = 8192
+    power_a: float = 0.01
+
+    def __post_init__(self):
+        if self.seq_len % 2 or 4 * self.n_pairs > self.seq_len:
+            raise ValueError(f"MQAR needs an even seq_len >= 4 * n_pairs, got seq_len={self.seq_len}, n_pairs={self.n_pairs}")
+        if self.vocab_size // 2 <= self.n_pairs or self.vocab_size <= self.seq_len:
+            raise ValueError(f"vocab_size {self.vocab_size} is too small for {self.n_pairs} pairs in {self.seq_len} tokens")
+
+    @property
+    def name(self) -> str:
+        return f"mqar-{self.seq_len}-{self.n_pairs}"
+
+
+@dataclass
+class RecallBudget:
+    """How much each model trains; every run is reproducible from (task, model, lr, seed)."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lrs: tuple = (3e-3, 1e-2)
+    seeds: tuple = (0,)
+    test_examples: int = 1000
+    warmup: float = 0.1  # fraction of steps with a linear warm-up, then cosine decay to 0
+    weight_decay: float = 0.1
+    physical_lr_scale: float = 1.0  # learning rate of omega, alpha, phi relative to the rest
+
+    def __post_init__(self):
+        if min(self.steps, self.batch_size, self.test_examples) < 1 or not self.lrs or not self.seeds or min(self.lrs) <= 0:
+            raise ValueError(f"a recall budget needs steps, batch_size, test_examples >= 1 and positive learning rates, got {self}")
+
+
+QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
+TASKS = (RecallTask(256, 16), RecallTask(512, 64))
+# the wave layer options that the recall benchmark uses for the wave and hybrid models
+RECALL_WAVE = {"wave_deposit": "outer", "wave_norm": True, "short_conv": 4, "feature_map": "elu1", "omega_scale": 0.01, "reach_min": 16.0, "reach_max": 1024.0}
+
+
+def mqar(n: int, task: RecallTask, generator: torch.Generator):
+    """n examples: inputs (n, seq_len) int64 and targets (n, seq_len), IGNORE off the answers."""
+    P, V, N = task.n_pairs, task.vocab_size, task.seq_len
+    keys = torch.rand(n, V // 2 - 1, generator=generator).argsort(-1)[:, :P] + 1  # distinct, in [1, V/2)
+    values = torch.rand(n, V - V // 2, generator=generator).argsort(-1)[:, :P] + V // 2  # in [V/2, V)
+    slots = (N - 2 * P) // 2  # a query may sit at any even offset after the pairs
+    gap_p = task.power_a * torch.arange(1, slots + 1, dtype=torch.float64) ** (task.power_a - 1)
+    gaps = torch.multinomial(gap_p.expand(n, slots), P, replacement=False, generator=generator)  # (n, P)
+    inputs = torch.zeros(n, N, dtype=torch.long)
+    inputs[:, 0 : 2 * P : 2], inputs[:, 1 : 2 * P : 2] = keys, values
+    where = 2 * P + 2 * gaps  # query positions
+    inputs.scatter_(1, where, keys)
+    targets = torch.full((n, N), IGNORE, dtype=torch.long).scatter_(1, where, values)
+    return inputs, targets
+
+
+def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int = 2, n_heads: int = 4, mlp_ratio: float = 0.0,
+                  init_std: float | None = None, **wave) -> WaveFieldConfig:
+    """The model of `kind` for a task: all wave layers, all attention, or wave then attention
+    (the hybrid: its last layer is attention). Blocks have no MLP by default, as in Zoology's
+    recall models, and weights start at std d_model^-0.5 unless init_std says otherwise.
+    `wave` holds WaveFieldConfig options of the wave layers."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+    layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": ["wave"] * (n_layers - 1) + ["attention"]}[kind]
+    return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio,
+                           init_std=init_std or d_model**-0.5, **{"reach_max": float(task.seq_len), **wave})
+
+
+def answer_logits(model: WaveFieldLM, inputs, targets):
+    """Logits at the answer positions only (M, vocab) and their targets (M,): the output head
+    runs on M = batch * n_pairs rows instead of every token."""
+    inputs, targets = inputs.to(model.embed.weight.device), targets.to(model.embed.weight.device)
+    x = model.embed(inputs)  # (B, N, D)
+    for block in model.blocks:
+        x, _ = block(x)
+    mask = targets != IGNORE
+    return F.linear(model.norm(x[mask]), model.embed.weight), targets[mask]
+
+
+@torch.no_grad()
+def recall_accuracy(model: WaveFieldLM, inputs, targets, batch_size: int = 100) -> float:
+    model.eval()
+    hits = total = 0
+    for i in range(0, len(inputs), batch_size):
+        logits, answers = answer_logits(model, inputs[i : i + batch_size], targets[i : i + batch_size])
+        hits += (logits.argmax(-1) == answers).sum().item()
+        total += answers.numel()
+    return hits / total
+
+
+def _optimizer(model: WaveFieldLM, lr: float, budget: RecallBudget):
+    """AdamW; weight decay on matrices only; the physical wave parameters at their own rate."""
+    physical = [p for n, p in model.named_parameters() if n.endswith(("omega_raw", "alpha_raw", "phi"))]
+    ids = {id(p) for p in physical}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": budget.weight_decay, "lr": lr},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
+        {"params": physical, "weight_decay": 0.0, "lr": lr * budget.physical_lr_scale},
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98))
+
+
+def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, lr: float, seed: int, test, log=None, device="cpu") -> dict:
+    """Train one model on fresh MQAR batches, then score it on `test` = (inputs, targets)."""
+    torch.manual_seed(seed)
+    model = WaveFieldLM(cfg).to(device)
+    opt = _optimizer(model, lr, budget)
+    gen = torch.Generator().manual_seed(1_000_003 * seed + 1)  # training data: its own stream per seed
+    warm = max(1, int(budget.warmup * budget.steps))
+    losses, start = [], time.perf_counter()
+    for step in range(budget.steps):
+        scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, budget.steps - warm)))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * scale
+        model.train()
+        logits, answers = answer_logits(model, *mqar(budget.batch_size, task, gen))
+        loss = F.cross_entropy(logits, answers)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if log and (step + 1) % max(1, budget.steps // 10) == 0:
+            log(f"  step {step + 1}/{budget.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    train_s = time.perf_counter() - start
+    return {
+        "accuracy": recall_accuracy(model, *test),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "train_seconds": round(train_s, 1),
+        "parameters": model.num_parameters(),
+    }
+
+
+def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
+                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print, device="cpu") -> list[dict]:
+    """Every model kind on every task; one record per (task, kind) with its best learning rate.
+
+    Writes recall.json and recall.md into out_dir when given. `wave` holds the wave options
+    (WaveFieldConfig fields) of the wave and hybrid models.
+    """
+    budget = budget or RecallBudget()
+    wave = dict(RECALL_WAVE if wave is None else wave)
+    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, init_std=init_std, **(wave if kind != "transformer" else {}))
+               for task in tasks for kind in kinds}
+    records = []
+    for task in tasks:
+        test = mqar(budget.test_examples, task, torch.Generator().manual_seed(123_456_789))  # fixed test set
+        for kind in kinds:
+            cfg = configs[task.name, kind]
+            runs = []
+            for lr in budget.lrs:
+                for seed in budget.seeds:
+                    log(f"{task.name} {kind} lr={lr:g} seed={seed}")
+                    run = train_recall(cfg, task, budget, lr, seed, test, log, device)
+                    log(f"  accuracy {run['accuracy']:.4f} ({run['train_seconds']} s)")
+                    runs.append({"lr": lr, "seed": seed, **run})
+            by_lr = {lr: [r["accuracy"] for r in runs if r["lr"] == lr] for lr in budget.lrs}
+            best_lr = max(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+            records.append({
+                "task": task.name, "seq_len": task.seq_len, "n_pairs": task.n_pairs, "model": kind,
+                "accuracy": sum(by_lr[best_lr]) / len(by_lr[best_lr]), "best_lr": best_lr,
+                "parameters": runs[0]["parameters"], "layer_types": cfg.layer_types,
+                "wave_options": wave if kind != "transformer" else None, "config": cfg.to_dict(), "runs": runs,
+            })
+    if out_dir is not None:
+        write_recall_report(records, budget, Path(out_dir))
+    return records
+
+
+
+def write_recall_report(records: list[dict], budget: RecallBudget, out_dir: Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"budget": dataclasses.asdict(budget), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+    write_text_atomic(out_dir / "recall.json", json.dumps({**meta, "records": records}, indent=2) + "\n")
+    lines = [
+        "# MQAR (multi-query associative recall)", "",
+        f"Budget: {budget.steps} steps of {budget.batch_size} fresh sequences, learning rates {list(budget.lrs)} "
+        f"(best kept), seeds {list(budget.seeds)}, {budget.test_examples} test sequences. Machine: {meta['machine']}.", "",
+        "| task | model | layers | parameters | accuracy | best lr | train s / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        secs = sum(x["train_seconds"] for x in r["runs"]) / len(r["runs"])
+        lines.append(f"| {r['task']} | {r['model']} | {'+'.join(r['layer_types'])} | {r['parameters']:,} | {r['accuracy']:.4f} | {r['best_lr']:g} | {secs:.0f} |")
+    write_text_atomic(out_dir / "recall.md", "\n".join(lines) + "\n")

@@ -1,0 +1,121 @@
+"""Outer-product deposits: the same damped wave, acting on a matrix state per head.
+
+Each token deposits the outer product k v^T (d x d per head) instead of a per-channel value,
+and a token reads the field with its query:
+
+    S[t] = lambda * S[t-1] + k[t] v[t]^T             complex (d, d) per head
+    y[t] = gain * Re(c * q[t]^T S[t])
+         = sum_{s<=t} kappa(t - s) (q[t] . k[s]) v[s]
+
+kappa is the kernel of ops.kernel (three physical numbers per head), so the field is linear
+attention whose scores are weighted by a damped wave of the distance t - s; RetNet's retention
+is the case phi = 0. Shapes: q, k, v are (B, N, H, d) float32, the state is (B, H, d, d)
+complex64 (rows indexed by key channels, columns by value channels). Three exact paths:
+
+* `outer_quadratic`: scores (Q K^T) * Toeplitz(kappa), times V. O(N^2 d): the reference.
+* `outer_chunked`: the quadratic form inside chunks of C tokens, the matrix state carried
+  between chunks. O(N C d + N d^2), all matmuls: the training path.
+* `outer_recurrent`: the recurrence, one token at a time, O(d^2) per token: decoding.
+"""
+
+import torch
+
+from .kernel import read_weights, wave_kernel, wave_powers
+
+OUTER_PATHS = ("quadratic", "chunked", "recurrent")
+
+
+def causal_toeplitz(omega, alpha, phi, n: int) -> torch.Tensor:
+    """T[h, i, j] = kappa_h(i - j) for j <= i, zero above the diagonal: (H, n, n) float32."""
+    kernel = wave_kernel(omega, alpha, phi, n)  # (H, n)
+    lag = torch.arange(n, device=kernel.device)
+    lag = lag[:, None] - lag[None, :]  # (n, n): i - j
+    return kernel[:, lag.clamp(min=0)] * (lag >= 0)
+
+
+def _read_state(q, state, weights) -> torch.Tensor:
+    """Re(w[h, i] * q[i]^T S): (..., n, H, d) x (..., H, d, e) with w (H, n) -> (..., n, H, e)."""
+    re = torch.einsum("...nhd,...hde->...nhe", q, state.real)
+    im = torch.einsum("...nhd,...hde->...nhe", q, state.imag)
+    return weights.real.T[:, :, None] * re - weights.imag.T[:, :, None] * im
+
+
+def _deposit(k, v, weights) -> torch.Tensor:
+    """sum_j w[h, j] k[j] v[j]^T: (..., n, H, d) twice with w (H, n) complex -> (..., H, d, e)."""
+    re = torch.einsum("hn,...nhd,...nhe->...hde", weights.real, k, v)
+    im = torch.einsum("hn,...nhd,...nhe->...hde", weights.imag, k, v)
+    return torch.complex(re, im)
+
+
+def outer_state_out(k, v, omega, alpha, state=None) -> torch.Tensor:
+    """State after the last token: lambda^N S + sum_t lambda^(N-1-t) k[t] v[t]^T, (B, H, d, d)."""
+    N = k.shape[1]
+    powers = wave_powers(omega, alpha, N + 1).to(torch.complex64)  # (H, N + 1)
+    s = _deposit(k, v, powers[:, :N].flip(-1))
+    if state is not None:
+        s = s + powers[:, N, None, None] * state
+    return s
+
+
+def outer_quadratic(q, k, v, omega, alpha, phi, state=None):
+    """y = ((Q K^T) * Toeplitz(kappa)) V plus what the incoming state adds: (B, N, H, d)."""
+    N = q.shape[1]
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * causal_toeplitz(omega, alpha, phi, N)  # (B, H, N, N)
+    y = torch.einsum("bhij,bjhe->bihe", scores, v)
+    if state is not None:
+        y = y + _read_state(q, state, read_weights(omega, alpha, phi, N, start=1))
+    return y
+
+
+def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
+    """The quadratic form inside chunks of C tokens, the matrix state carried between them."""
+    B, N, H, d = q.shape
+    C = max(1, min(chunk_size, N))
+    n_chunks = -(-N // C)
+    q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n_chunks * C - N)).view(B, n_chunks, C, H, -1) for x in (q, k, v))
+    # (B, n_chunks, C, H, d) each, zeros at the end only
+
+    scores = torch.einsum("bcihd,bcjhd->bchij", q, k) * causal_toeplitz(omega, alpha, phi, C)
+    y = torch.einsum("bchij,bcjhe->bcihe", scores, v)  # inside each chunk
+
+    # between chunks: the state entering chunk c is lambda^C * (state entering c-1) + its deposits
+    powers = wave_powers(omega, alpha, C + 1).to(torch.complex64)  # (H, C + 1)
+    deposits = _deposit(k, v, powers[:, :C].flip(-1))  # (B, n_chunks, H, d, e)
+    entering = [state if state is not None else torch.zeros_like(deposits[:, 0])]
+    for c in range(n_chunks - 1):
+        entering.append(powers[:, C, None, None] * entering[-1] + deposits[:, c])
+    y = y + _read_state(q, torch.stack(entering, dim=1), read_weights(omega, alpha, phi, C, start=1))
+    return y.reshape(B, n_chunks * C, H, -1)[:, :N]
+
+
+def outer_recurrent(q, k, v, omega, alpha, phi, state=None):
+    """S[t] = lambda * S[t-1] + k[t] v[t]^T, y[t] = gain * Re(c * q[t]^T S[t]), token by token."""
+    B, N, H, d = q.shape
+    lam = wave_powers(omega, alpha, 1, start=1).to(torch.complex64)[:, :, None]  # (H, 1, 1)
+    read = read_weights(omega, alpha, phi, 1)  # (H, 1): gain * c
+    s = state if state is not None else torch.zeros(B, H, d, v.shape[-1], dtype=torch.complex64, device=q.device)
+    ys = []
+    for t in range(N):
+        s = lam * s + k[:, t, :, :, None] * v[:, t, :, None, :]
+        ys.append(_read_state(q[:, t, None], s, read)[:, 0])
+    return torch.stack(ys, dim=1) if ys else v.new_zeros(B, 0, H, v.shape[-1])
+
+
+def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False):
+    """Dispatch to one exact path; float32 inside, even under autocast.
+
+    Returns y (B, N, H, d) float32, or (y, new_state) when return_state is set.
+    """
+    if path not in OUTER_PATHS:
+        raise ValueError(f"unknown outer-deposit path {path!r}; expected one of {OUTER_PATHS}")
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        if path == "quadratic":
+            y = outer_quadratic(q, k, v, omega, alpha, phi, state)
+        elif path == "chunked":
+            y = outer_chunked(q, k, v, omega, alpha, phi, state, chunk_size)
+        else:
+            y = outer_recurrent(q, k, v, omega, alpha, phi, state)
+        if not return_state:
+            return y
+        return y, outer_state_out(k, v, omega, alpha, state)
