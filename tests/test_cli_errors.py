@@ -61,6 +61,8 @@ def test_bad_corpus(tmp_path, tiny_flags, capsys, content, phrase):
     (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
     (["--d-model", "10", "--n-heads", "4"], "must be divisible by n_heads"),
     (["--max-steps", "many"], "invalid int value: 'many'"),
+    (["--wave-norm", "maybe"], "expected true or false"),
+    (["--wave-deposit", "matrix"], "wave_deposit must be one of"),
 ])
 def test_bad_train_flags(tmp_path, tiny_flags, capsys, flags, phrase):
     fails(["train", "--out", str(tmp_path / "out"), *tiny_flags, *flags], capsys, phrase)

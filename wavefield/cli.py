@@ -64,8 +64,15 @@ def add_train(commands):
     model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
     for f in dataclasses.fields(WaveFieldConfig):
         if f.name not in ("vocab_size", "layer_types"):
-            model.add_argument(f"--{f.name.replace('_', '-')}", dest=f"model.{f.name}", metavar=f.name.upper(), type=type(f.default))
+            kind = _boolean if isinstance(f.default, bool) else type(f.default)
+            model.add_argument(f"--{f.name.replace('_', '-')}", dest=f"model.{f.name}", metavar=f.name.upper(), type=kind)
     p.set_defaults(run=run_train)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
 
 
 def run_train(args) -> int:

@@ -181,3 +181,12 @@ def test_report_opens_in_chromium(report, browser):
     blue = (np.abs(drawn - [31, 119, 180]).max(-1) < 40).sum()  # the curve's colour, #1f77b4
     assert blue > 300, f"only {blue} pixels of the kernel curve in the screenshot"
     assert len(np.unique(np.asarray(shot).reshape(-1, 3), axis=0)) > 50  # a rendered page, not a blank one
+
+
+def test_models_it_cannot_decompose_are_refused(tmp_path, capsys):
+    """Outer-product deposits and normalised read-outs are not a per-channel field: no silent figures."""
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, wave_deposit="outer"))
+    model.save_pretrained(tmp_path / "outer")
+    assert main(["diagnose", str(tmp_path / "outer"), "--out", str(tmp_path / "report")]) == 2
+    assert "wave_deposit='outer'" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

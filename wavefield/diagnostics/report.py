@@ -87,6 +87,10 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
         raise ValueError("the prompt is empty")
     model = load_model(paths[-1])
     cfg = model.config
+    if cfg.wave_deposit != "channel" or cfg.wave_norm:
+        # the field and flow figures decompose y = kappa * (f(k) * v) read linearly by f(q)
+        raise ValueError(f"{paths[-1]}: diagnose covers wave layers with channel deposits and no wave_norm; "
+                         f"this model has wave_deposit={cfg.wave_deposit!r}, wave_norm={cfg.wave_norm}")
     ids, tokens, tokenizer = encode_prompt(paths[-1], text, cfg.vocab_size)
     notes = [f"prompt tokenised with {tokenizer}"]
     if len(ids) > MAX_TOKENS:

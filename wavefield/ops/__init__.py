@@ -1,7 +1,7 @@
 """Pure tensor operations: the wave kernel, the three exact propagation paths, the short conv."""
 
 from .conv import short_conv
-from .kernel import next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
+from .kernel import lower_toeplitz, next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
 from .propagate import (
     PATHS,
     carry_in,

@@ -62,6 +62,15 @@ def wave_kernel(omega, alpha, phi, n: int) -> torch.Tensor:
     return read_weights(omega, alpha, phi, n).real
 
 
+def lower_toeplitz(values: torch.Tensor, shift: int = 0) -> torch.Tensor:
+    """(H, C) -> (H, C, C) with M[h, i, j] = values[h, i - j - shift] where i - j >= shift, else
+    exactly 0: a causal convolution with `values` as a matrix."""
+    C = values.shape[-1]
+    lag = torch.arange(C, device=values.device)
+    lag = lag[:, None] - lag[None, :] - shift  # (C, C)
+    return values[:, lag.clamp(min=0)] * (lag >= 0)
+
+
 def reach(alpha: torch.Tensor, level: float = math.exp(-1)) -> torch.Tensor:
     """Distance in tokens at which the envelope exp(-alpha t) falls to `level`."""
     return -math.log(level) / alpha

@@ -20,17 +20,9 @@ complex64 (rows indexed by key channels, columns by value channels). Three exact
 
 import torch
 
-from .kernel import read_weights, wave_kernel, wave_powers
+from .kernel import lower_toeplitz, read_weights, wave_kernel, wave_powers
 
 OUTER_PATHS = ("quadratic", "chunked", "recurrent")
-
-
-def causal_toeplitz(omega, alpha, phi, n: int) -> torch.Tensor:
-    """T[h, i, j] = kappa_h(i - j) for j <= i, zero above the diagonal: (H, n, n) float32."""
-    kernel = wave_kernel(omega, alpha, phi, n)  # (H, n)
-    lag = torch.arange(n, device=kernel.device)
-    lag = lag[:, None] - lag[None, :]  # (n, n): i - j
-    return kernel[:, lag.clamp(min=0)] * (lag >= 0)
 
 
 def _read_state(q, state, weights) -> torch.Tensor:
@@ -60,7 +52,7 @@ def outer_state_out(k, v, omega, alpha, state=None) -> torch.Tensor:
 def outer_quadratic(q, k, v, omega, alpha, phi, state=None):
     """y = ((Q K^T) * Toeplitz(kappa)) V plus what the incoming state adds: (B, N, H, d)."""
     N = q.shape[1]
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) * causal_toeplitz(omega, alpha, phi, N)  # (B, H, N, N)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * lower_toeplitz(wave_kernel(omega, alpha, phi, N))  # (B, H, N, N)
     y = torch.einsum("bhij,bjhe->bihe", scores, v)
     if state is not None:
         y = y + _read_state(q, state, read_weights(omega, alpha, phi, N, start=1))
@@ -75,7 +67,7 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
     q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n_chunks * C - N)).view(B, n_chunks, C, H, -1) for x in (q, k, v))
     # (B, n_chunks, C, H, d) each, zeros at the end only
 
-    scores = torch.einsum("bcihd,bcjhd->bchij", q, k) * causal_toeplitz(omega, alpha, phi, C)
+    scores = torch.einsum("bcihd,bcjhd->bchij", q, k) * lower_toeplitz(wave_kernel(omega, alpha, phi, C))
     y = torch.einsum("bchij,bcjhe->bcihe", scores, v)  # inside each chunk
 
     # between chunks: the state entering chunk c is lambda^C * (state entering c-1) + its deposits

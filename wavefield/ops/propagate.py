@@ -21,17 +21,9 @@ lambda^N * s + sum_t lambda^(N-1-t) u[t].
 import torch
 import torch.nn.functional as F
 
-from .kernel import next_fast_len, read_weights, wave_kernel, wave_powers
+from .kernel import lower_toeplitz, next_fast_len, read_weights, wave_kernel, wave_powers
 
 PATHS = ("fft", "chunked", "recurrent")
-
-
-def _lower_toeplitz(values: torch.Tensor, shift: int = 0) -> torch.Tensor:
-    """(H, C) -> (H, C, C) with M[h, i, j] = values[h, i - j - shift] where i - j >= shift, else 0."""
-    C = values.shape[-1]
-    lag = torch.arange(C, device=values.device)
-    lag = lag[:, None] - lag[None, :] - shift  # (C, C)
-    return values[:, lag.clamp(min=0)] * (lag >= 0)
 
 
 def carry_in_heads(state, omega, alpha, phi, n: int) -> torch.Tensor:
@@ -71,7 +63,7 @@ def _scan(x, omega, alpha, stride: int, state=None, block: int = 64):
     nb = -(-n // S)
     x = F.pad(x, (0, nb * S - n)).reshape(B, H, d * nb, S)
     powers = wave_powers(omega.double() * stride, alpha.double() * stride, S + 1).to(x.dtype)  # (H, S + 1): Lambda^k
-    local = x @ _lower_toeplitz(powers[:, :S], shift=1).mT  # (B, H, d*nb, S)
+    local = x @ lower_toeplitz(powers[:, :S], shift=1).mT  # (B, H, d*nb, S)
     if nb > 1:  # the state entering each block, from the block totals
         totals = (x @ powers[:, :S].flip(-1)[..., None]).view(B, H, d, nb)  # sum_j Lambda^(S-1-j) x[j]
         entering = _scan(totals, omega, alpha, stride * S, state, block)  # (B, H, d, nb)
@@ -100,7 +92,7 @@ def _chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64, return_stat
 
     # inside each chunk: y[i] = sum_{j<=i} kappa(i-j) u[j], one matmul per head, added to what
     # the entering state contributes, Re(gain * c * lambda^(i+1) * entering[c]), in the same GEMM
-    toeplitz = _lower_toeplitz(wave_kernel(omega, alpha, phi, C)).mT.repeat(B, 1, 1)  # (B*H, C, C)
+    toeplitz = lower_toeplitz(wave_kernel(omega, alpha, phi, C)).mT.repeat(B, 1, 1)  # (B*H, C, C)
     u3 = u.reshape(B * H, d * nc, C)
     if nc > 1 or state is not None:
         w = read_weights(omega, alpha, phi, C, start=1)  # (H, C)
