@@ -58,7 +58,7 @@ def parseval_check(model, ids=None) -> dict:
     Returns {"layers": [{"layer", "kernel_error", "field_error"}], "max_error", "tolerance", "passed"}.
     """
     N = ids.shape[0] if ids is not None else 512
-    n_fft = next_fast_len(2 * N - 1)  # as in propagate_fft
+    n_fft = next_fast_len(2 * N - 1)  # as in the FFT path (ops.propagate)
     xs = mixer_inputs(model, ids) if ids is not None else None
     layers = []
     for i, m in wave_mixers(model):

@@ -150,24 +150,3 @@ def propagate(u, omega, alpha, phi, state=None, path: str = "fft", chunk_size: i
         return out[0].permute(0, 3, 1, 2), out[1]
     return out.permute(0, 3, 1, 2)
 
-
-def carry_in(state, omega, alpha, phi, n: int) -> torch.Tensor:
-    """carry_in_heads in the time-major layout: (B, H, d) -> (B, n, H, d)."""
-    return carry_in_heads(state, omega, alpha, phi, n).permute(0, 3, 1, 2)
-
-
-def state_out(u, omega, alpha, state=None) -> torch.Tensor:
-    """state_out_heads for time-major deposits u (B, N, H, d)."""
-    return state_out_heads(u.permute(0, 2, 3, 1), omega, alpha, state)
-
-
-def propagate_fft(u, omega, alpha, phi, state=None):
-    return propagate(u, omega, alpha, phi, state, path="fft")
-
-
-def propagate_chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64):
-    return propagate(u, omega, alpha, phi, state, path="chunked", chunk_size=chunk_size)
-
-
-def propagate_recurrent(u, omega, alpha, phi, state=None):
-    return propagate(u, omega, alpha, phi, state, path="recurrent")
