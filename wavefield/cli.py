@@ -310,7 +310,7 @@ def add_quality(benchmarks):
     p.add_argument("--tokenizer", default="bpe")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--cache-dir")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", default="runs/quality", help="folder for quality.json, quality.md, quality.png and the runs (default %(default)s)")
     add_threads(p)
     p.set_defaults(run=run_quality)
