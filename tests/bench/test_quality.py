@@ -1,0 +1,68 @@
+"""`bench quality`: matched parameter counts, the shared learning-rate sweep, and the report."""
+
+import json
+
+import pytest
+
+from wavefield.bench.quality import ABLATIONS, MATCH_TOLERANCE, QualityBudget, model_configs, read_curve
+from wavefield.checkpoint import load_checkpoint
+from wavefield.cli import main
+from wavefield.data import load_corpus, prepare_data
+from wavefield.evaluate import evaluate_tokens, summarize
+from wavefield.model import WaveFieldLM
+
+
+def test_small_preset_models_are_matched_within_five_percent():
+    configs = model_configs(["wave", "transformer", "hybrid", *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
+    counts = {name: WaveFieldLM(cfg).num_parameters() for name, cfg in configs.items()}
+    assert configs["transformer"].layer_types == ["attention"] * 5
+    assert configs["hybrid"].layer_types == ["wave", "wave", "wave", "attention", "wave"]
+    for name in ("transformer", "hybrid"):
+        assert abs(counts[name] / counts["wave"] - 1) <= MATCH_TOLERANCE
+        assert configs[name].mlp_ratio != configs["wave"].mlp_ratio  # matched by the MLP width, not by luck
+    assert configs["wave-no-conv"].short_conv == 0 and counts["wave-no-conv"] < counts["wave"]
+    assert configs["wave-single-scale"].reach_min == configs["wave-single-scale"].reach_max
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model 'mamba'"):
+        model_configs(["wave", "mamba"], QualityBudget(), 8192)
+
+
+def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cache_dir):
+    out = tmp_path / "quality"
+    flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16", "--n-layers", "2", "--n-heads", "2"]
+    assert main(["bench", "quality", "--quick", *flags, "--ablations", "no-conv", "--out", str(out)]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    records = {r["model"]: r for r in report["records"]}
+    assert list(records) == ["wave", "transformer", "hybrid", "wave-no-conv"]
+    budget = report["budget"]
+    for name, r in records.items():
+        assert abs(r["parameters"] / records["wave"]["parameters"] - 1) <= MATCH_TOLERANCE or name.startswith("wave-")
+        assert r["sweep_val_loss"][f"{r['best_lr']:g}"] == min(r["sweep_val_loss"].values())  # the sweep kept its best rate
+        assert r["tokens"] == budget["steps"] * budget["batch_size"] * budget["seq_len"]
+        steps = [p["step"] for p in r["curve"]]
+        assert steps[-1] == budget["steps"] and steps == sorted(steps)
+        seconds = [p["seconds"] for p in r["curve"]]
+        assert all(b > a for a, b in zip(seconds, seconds[1:]))  # the clock runs on across the resume
+        for split in ("val", "test"):
+            assert 1 < r[split]["ppl"] < 300 and r[split]["bpb"] > 0  # bytes: a uniform guess is 256
+    # the reported test loss is the saved checkpoint's
+    model, tokenizer, state = load_checkpoint(records["hybrid"]["run_dir"])
+    assert state["step"] == budget["steps"] and model.config.layer_types == ["wave", "attention"]
+    data = prepare_data(load_corpus(str(corpus_dir)), "bytes", cache_dir=str(cache_dir))
+    scored = evaluate_tokens(model, data.tokens["test"], budget["seq_len"], budget["batch_size"], max_windows=budget["final_windows"])
+    assert summarize(scored["nll"], scored["tokens"], data.bytes_per_token("test"))["loss"] == pytest.approx(records["hybrid"]["test"]["loss"], rel=1e-5)
+    assert read_curve(out / "runs" / "hybrid" / f"lr-{records['hybrid']['best_lr']:g}", budget["batch_size"] * budget["seq_len"]) == records["hybrid"]["curve"]
+    table = (out / "quality.md").read_text()
+    assert all(f"| {name} |" in table for name in records)
+    assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    # a second comparison never writes into the first one's folder
+    assert main(["bench", "quality", "--quick", *flags, "--out", str(out)]) == 2
+
+
+def test_bad_quality_flags(tmp_path, capsys):
+    assert main(["bench", "quality", "--steps", "5", "--sweep-steps", "10", "--out", str(tmp_path / "q")]) == 2
+    assert "sweep_steps <= steps" in capsys.readouterr().err
+    assert main(["bench", "quality", "--ablations", "gating", "--out", str(tmp_path / "q")]) == 2
+    assert "unknown model 'wave-gating'" in capsys.readouterr().err
