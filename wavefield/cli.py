@@ -321,6 +321,7 @@ def run_quality(args) -> int:
     from pathlib import Path
 
     from .bench.quality import QUICK, QualityBudget, bench_quality
+    from .train import TrainingStopped
 
     names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset"]
     budget = dataclasses.replace(QUICK if args.quick else QualityBudget(), **{k: getattr(args, k) for k in names if getattr(args, k) is not None})
@@ -329,7 +330,11 @@ def run_quality(args) -> int:
         raise ValueError(f"--out {out} exists and is not an empty folder; choose another --out")
     model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads") if getattr(args, k) is not None}
     models = [m for m in args.models.split(",") if m] + [f"wave-{a}" for a in args.ablations]
-    bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)
+    try:
+        bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)
+    except TrainingStopped as e:  # a model diverged (or Ctrl-C) after the learning-rate sweep
+        print(f"wavefield bench quality: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")
     return 0
 
