@@ -52,8 +52,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.d_model, hidden, cfg.dropout) if hidden else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, state=None):
-        h, state = self.mixer(self.norm1(x), state=state, return_state=True)
+    def forward(self, x, state=None, return_state: bool = False):
+        """(x, state) -> (x, new state); the new state is None unless asked for (training never needs it)."""
+        h = self.mixer(self.norm1(x), state=state, return_state=return_state)
+        h, state = h if return_state else (h, None)
         x = x + self.drop(h)
         return (x + self.mlp(self.norm2(x)) if self.mlp is not None else x), state
 
@@ -95,7 +97,7 @@ class WaveFieldLM(nn.Module):
         state = list(state) if state is not None else [None] * len(self.blocks)
         if input_ids.shape[1] > 0:
             for i, block in enumerate(self.blocks):
-                x, state[i] = block(x, state[i])
+                x, state[i] = block(x, state[i], return_state)
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, N, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 
