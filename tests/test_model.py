@@ -149,6 +149,25 @@ def test_gradients_reach_the_physical_parameters(deposit):
             assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).all()
 
 
+def test_loss_from_targets_matches_the_logits_and_their_gradients():
+    cfg = WaveFieldConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "attention"])
+    ids = torch.randint(0, 64, (2, 41))
+    targets = ids[:, 1:].clone()
+    targets[0, :5] = -100  # nothing to predict there
+    losses, grads = [], []
+    for fused in (True, False):
+        model = model_for(cfg, 0).train()
+        loss = model(ids[:, :-1], targets=targets) if fused else torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), targets.flatten())
+        loss.backward()
+        losses.append(loss)
+        grads.append([p.grad for p in model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="shape of input_ids"):
+        model(ids, targets=targets)
+
+
 def test_save_and_load_round_trip(tmp_path):
     cfg = WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "attention"])
     model = model_for(cfg, 0)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .config import WaveFieldConfig
 from .io import atomic_path, write_text_atomic
 from .layers import CausalSelfAttention, WaveFieldAttention
+from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -90,14 +91,22 @@ class WaveFieldLM(nn.Module):
         if state is not None and (not isinstance(state, (list, tuple)) or len(state) != len(self.blocks)):
             raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)}), as returned with return_state=True")
 
-    def forward(self, input_ids, state=None, return_state: bool = False):
-        """input_ids (B, N) -> logits (B, N, vocab) float; with return_state, (logits, state)."""
+    def forward(self, input_ids, state=None, return_state: bool = False, targets=None):
+        """input_ids (B, N) -> logits (B, N, vocab) float; with return_state, (logits, state).
+
+        With targets (B, N) (next-token ids, IGNORE_INDEX where nothing is predicted) the result
+        is instead the mean cross-entropy, computed without materialising the logits
+        (ops.linear_cross_entropy): this is how training calls the model."""
         self._check_inputs(input_ids, state)
+        if targets is not None and (return_state or targets.shape != input_ids.shape):
+            raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} and come without return_state")
         x = self.drop(self.embed(input_ids))  # (B, N, D)
         state = list(state) if state is not None else [None] * len(self.blocks)
         if input_ids.shape[1] > 0:
             for i, block in enumerate(self.blocks):
                 x, state[i] = block(x, state[i], return_state)
+        if targets is not None:
+            return linear_cross_entropy(self.norm(x), self.embed.weight, targets)
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, N, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, rng_state, save_checkpoint
 from .config import WaveFieldConfig
@@ -338,8 +337,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
                 g["lr"] = lr
             x, y = (t.to(device) for t in get_batch(train_tokens, step, a, rank, world))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16):
-                logits = run(x)  # (B, N, vocab)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                loss = run(x, targets=y)  # mean next-token cross-entropy, float32
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else float("inf"))
             shared = torch.stack([loss.detach().float(), grad_norm.detach().float(), torch.tensor(float(stop["signal"]), device=device)])
