@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import WaveFieldConfig
 from ..io import write_text_atomic
@@ -76,7 +75,7 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
     if op == "wave":
         return WaveFieldAttention(d_model, n_heads)  # path "auto": chunked and tiled for N > 4
     if op == "wave-lean":  # recomputes each tile in backward: forward + backward memory O(tile)
-        return WaveFieldAttention(d_model, n_heads, recompute=True)
+        return WaveFieldAttention(d_model, n_heads, recompute="tile")
     if op == "wave-fft":
         return WaveFieldAttention(d_model, n_heads, path="fft")
     if op == "sdpa":
@@ -257,11 +256,10 @@ def bench_train(s: Settings, device: torch.device):
         models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
     for length in s.train_lengths:
         batch = max(1, s.train_tokens // length)
-        ids = torch.randint(0, s.vocab_size, (batch, length), device=device)
+        ids = torch.randint(0, s.vocab_size, (batch, length + 1), device=device)
 
-        def step(model, opt):
-            logits = model(ids)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        def step(model, opt):  # as wavefield.train does it
+            loss = model(ids[:, :-1], targets=ids[:, 1:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
