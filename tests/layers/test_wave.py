@@ -60,11 +60,13 @@ def test_tiled_chunked_layer_matches_the_fft_layer():
     torch.testing.assert_close(sa["conv"], sb["conv"])
 
 
-def test_recompute_gives_the_same_gradients():
-    """recompute=True keeps only each tile's input for backward and recomputes the rest."""
+@pytest.mark.parametrize("recompute", ["field", "tile"])
+@pytest.mark.parametrize("deposit", ["channel", "outer"])
+def test_recompute_gives_the_same_gradients(recompute, deposit):
+    """What backward recomputes instead of keeping changes no gradient."""
     torch.manual_seed(2)
-    plain = WaveFieldAttention(16, 2, tile_size=9)
-    lean = WaveFieldAttention(16, 2, tile_size=9, recompute=True)
+    plain = WaveFieldAttention(16, 2, tile_size=9, recompute="none", deposit=deposit)
+    lean = WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, deposit=deposit)
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(2, 40, 16)
     grads = []
@@ -84,3 +86,5 @@ def test_outer_deposit_keeps_a_matrix_field_per_head():
         layer(torch.randn(2, 1, 24), state={**state, "field": state["field"][..., 0]})
     with pytest.raises(ValueError, match="deposit must be one of"):
         WaveFieldAttention(24, 3, deposit="matrix")
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        WaveFieldAttention(24, 3, recompute=True)

@@ -33,6 +33,7 @@ from ..ops import propagate_heads, propagate_outer, short_conv
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
 DEPOSITS = ("channel", "outer")
+RECOMPUTE = ("none", "field", "tile")
 
 
 def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float, omega_scale: float = 1.0):
@@ -62,7 +63,7 @@ class WaveFieldAttention(nn.Module):
         layer_index: int = 0,
         n_layers: int = 1,
         tile_size: int = 2048,
-        recompute: bool = False,
+        recompute: str = "field",
         deposit: str = "channel",
         norm: bool = False,
         omega_scale: float = 1.0,
@@ -74,7 +75,12 @@ class WaveFieldAttention(nn.Module):
             raise ValueError(f"feature_map must be one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.short_conv, self.path, self.chunk_size, self.tile_size = short_conv, path, chunk_size, tile_size
-        self.recompute = recompute  # training: keep only each tile's input, recompute the rest in backward
+        # what backward recomputes instead of keeping: "none"; "field", everything between the
+        # two projections (conv, propagation, read and gate: cheap next to the matmuls);
+        # "tile", the whole tile from its input, so training memory stays O(tile)
+        if recompute not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
+        self.recompute = recompute
         if deposit not in DEPOSITS:
             raise ValueError(f"deposit must be one of {DEPOSITS}, got {deposit!r}")
         self.f = FEATURE_MAPS[feature_map]
@@ -133,7 +139,7 @@ class WaveFieldAttention(nn.Module):
         # projections included: a tile's intermediates stay in cache, extra memory is O(tile).
         tile = self.tile_size if path == "chunked" else N
         outs, tiles = [], x.split(tile, dim=1)  # split, not slices: one gradient copy, not one per tile
-        mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else self._mix
+        mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute == "tile" and torch.is_grad_enabled() else self._mix
         for i, piece in enumerate(tiles):
             out, state = mix(piece, state, path, need_state=return_state or i + 1 < len(tiles))
             outs.append(out)
@@ -144,6 +150,15 @@ class WaveFieldAttention(nn.Module):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         B, N, D = x.shape
         p = torch.bmm(self.in_proj.weight.expand(B, -1, -1), x.mT)  # (B, 4D, N)
+        field = partial(checkpoint, self._field, use_reentrant=False) if self.recompute == "field" and torch.is_grad_enabled() else self._field
+        z, state = field(p, state, path, need_state)  # (B, D, N)
+        out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
+        return out, state
+
+    def _field(self, p, state, path: str, need_state: bool):
+        """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state."""
+        B, _, N = p.shape
+        D = self.d_model
         qkv, g = p.split([3 * D, D], dim=1)
         conv_state = None
         if self.conv is not None:
@@ -163,14 +178,13 @@ class WaveFieldAttention(nn.Module):
         if need_state:
             y, field = y
         if self.deposit == "outer":
-            read = y.to(x.dtype).permute(0, 2, 3, 1)  # (B, H, d, N)
+            read = y.to(p.dtype).permute(0, 2, 3, 1)  # (B, H, d, N)
         else:
-            read = self.f(q).view(B, self.n_heads, self.head_dim, N) * y.to(x.dtype)  # (B, H, d, N)
+            read = self.f(q).view(B, self.n_heads, self.head_dim, N) * y.to(p.dtype)  # (B, H, d, N)
         if self.norm:  # RMS over each head's d channels
             read = F.rms_norm(read.transpose(-1, -2), (self.head_dim,)).transpose(-1, -2)
         z = torch.sigmoid(g) * read.reshape(B, D, N)  # (B, D, N)
-        out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
-        return out, {"field": field, "conv": conv_state}
+        return z, {"field": field, "conv": conv_state}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, path={self.path!r}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, path={self.path!r}, recompute={self.recompute!r}"
