@@ -161,3 +161,16 @@ def test_presets_have_their_advertised_sizes(preset, low, high):
 
     n = WaveFieldLM(WaveFieldConfig(vocab_size=8192, **PRESETS[preset]["model"])).num_parameters()
     assert low <= n <= high
+
+
+def test_frozen_physics_trains_everything_but_omega_alpha_phi(tmp_path, tiny_flags):
+    out = tmp_path / "frozen"
+    assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "3", "--freeze-physics", "true"]) == 0
+    model, _, _ = load_checkpoint(out / "checkpoint")
+    assert model.config.freeze_physics
+    fresh = type(model)(model.config)  # the physical parameters start on a fixed grid, not at random
+    for name, p in model.named_parameters():
+        if name.endswith(("omega_raw", "alpha_raw", "phi")):
+            assert not p.requires_grad and torch.equal(p, dict(fresh.named_parameters())[name])
+        elif name.endswith("in_proj.weight"):
+            assert not torch.equal(p, dict(fresh.named_parameters())[name])  # the rest did train

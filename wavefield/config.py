@@ -39,6 +39,8 @@ class WaveFieldConfig:
     wave_deposit: str = "channel"
     # wave layers: RMS-normalise each head's read-out before the gate
     wave_norm: bool = False
+    # wave layers: keep omega, alpha, phi at their initial values (no gradient; an ablation)
+    freeze_physics: bool = False
     # attention layers: rotary position base
     rope_base: float = 10000.0
     dropout: float = 0.0

@@ -46,6 +46,8 @@ class Block(nn.Module):
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
                 deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale,
             )
+            for p in (self.mixer.omega_raw, self.mixer.alpha_raw, self.mixer.phi):
+                p.requires_grad_(not cfg.freeze_physics)
         else:
             self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
         hidden = int(cfg.mlp_ratio * cfg.d_model)

@@ -22,6 +22,7 @@ def test_small_preset_models_are_matched_within_five_percent():
         assert configs[name].mlp_ratio != configs["wave"].mlp_ratio  # matched by the MLP width, not by luck
     assert configs["wave-no-conv"].short_conv == 0 and counts["wave-no-conv"] < counts["wave"]
     assert configs["wave-single-scale"].reach_min == configs["wave-single-scale"].reach_max
+    assert configs["wave-frozen"].freeze_physics and counts["wave-frozen"] == counts["wave"]
 
 
 def test_unknown_model_is_refused():

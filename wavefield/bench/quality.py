@@ -43,6 +43,7 @@ ABLATIONS = {
     "outer": {"wave_deposit": "outer"},
     "norm": {"wave_norm": True},
     "single-scale": {"reach_min": 64.0, "reach_max": 64.0},
+    "frozen": {"freeze_physics": True},
 }
 MATCH_TOLERANCE = 0.05
 
