@@ -27,13 +27,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = (h @ weight.t()).float()  # (m, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (m,)
+            log_probs = torch.log_softmax((h @ weight.t()).float(), dim=-1)  # (m, V)
             keep = t != ignore_index
             t = torch.where(keep, t, 0)[:, None]  # (m, 1), ignored rows read column 0 and are masked
-            total += ((lse - logits.gather(1, t)[:, 0]) * keep).sum()
+            total -= (log_probs.gather(1, t)[:, 0] * keep).sum()
             if want_h or want_w:
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                grad = log_probs.exp_()  # softmax, in place
                 grad.scatter_add_(1, t, -torch.ones_like(t, dtype=grad.dtype)).mul_(keep[:, None])  # - one-hot
                 grad = grad.to(hidden.dtype)
                 if want_h:
