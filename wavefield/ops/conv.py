@@ -40,9 +40,17 @@ class _ShortConv(torch.autograd.Function):
             if grad_history is not None:
                 n = min(lag, N)
                 grad_history[..., K - 1 - lag : K - 1 - lag + n].addcmul_(grad[..., :n], w)
-        padded = torch.cat([history, x], dim=2)  # (B, C, K-1+N): padded[t + j] meets weight[:, j]
-        grad_weight = torch.stack([torch.linalg.vecdot(grad, padded[..., j : j + N]).sum(0) for j in range(K)], dim=1)
+        grad_weight = torch.stack([_lag_dot(grad, x, history, K - 1 - j) for j in range(K)], dim=1)
         return grad_x, grad_history, grad_weight, grad.sum((0, 2))
+
+
+def _lag_dot(grad, x, history, lag: int):
+    """sum over batch and t of grad[t] * input[t - lag] per channel, input[t < 0] from history: (C,)."""
+    N = x.shape[-1]
+    dot = torch.einsum("bct,bct->c", grad[..., lag:], x[..., : max(N - lag, 0)])  # outputs that read x
+    n = min(lag, N)  # outputs t < lag read the history
+    start = history.shape[-1] - lag
+    return dot + torch.einsum("bct,bct->c", grad[..., :n], history[..., start : start + n])
 
 
 def short_conv(x, history, weight, bias):
