@@ -23,6 +23,7 @@ def test_small_preset_models_are_matched_within_five_percent():
     assert configs["wave-no-conv"].short_conv == 0 and counts["wave-no-conv"] < counts["wave"]
     assert configs["wave-single-scale"].reach_min == configs["wave-single-scale"].reach_max
     assert configs["wave-frozen"].freeze_physics and counts["wave-frozen"] == counts["wave"]
+    assert configs["wave-recall"].wave_deposit == "outer" and configs["wave-recall"].wave_norm
 
 
 def test_unknown_model_is_refused():

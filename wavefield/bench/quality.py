@@ -33,6 +33,7 @@ from ..evaluate import evaluate_tokens, summarize
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import PRESETS, TrainArgs, TrainingStopped, train
+from .recall import RECALL_WAVE
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
 # wave models with one design choice changed: "wave-NAME" in the list of models
@@ -44,6 +45,7 @@ ABLATIONS = {
     "norm": {"wave_norm": True},
     "single-scale": {"reach_min": 64.0, "reach_max": 64.0},
     "frozen": {"freeze_physics": True},
+    "recall": RECALL_WAVE,  # every option of the wave model of `bench recall` at once
 }
 MATCH_TOLERANCE = 0.05
 
