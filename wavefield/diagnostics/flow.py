@@ -45,10 +45,7 @@ def mixer_inputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
 def wave_deposits(mixer, x: torch.Tensor):
     """The deposits u (N, H, d) and read weights sigmoid(g) * f(q) (N, D) of a wave layer for x (N, D)."""
     N, D = x.shape
-    q, k, v, g = mixer.in_proj(x).split(D, dim=-1)  # (N, D) each
-    if mixer.conv is not None:
-        qkv, _ = mixer._short_conv(torch.cat([q, k, v], dim=-1).T[None], None)  # channel-major (1, 3D, N)
-        q, k, v = qkv[0].T.split(D, dim=-1)
+    q, k, v, g = (t[0].T for t in mixer.inputs(x[None])[:4])  # (N, D) each
     u = (mixer.f(k) * v).view(N, mixer.n_heads, mixer.head_dim)
     return u, torch.sigmoid(g) * mixer.f(q)
 

@@ -149,21 +149,34 @@ class WaveFieldAttention(nn.Module):
     def _mix(self, x, state, path: str, need_state: bool):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         B, N, D = x.shape
-        p = torch.bmm(self.in_proj.weight.expand(B, -1, -1), x.mT)  # (B, 4D, N)
+        p = self._project(x)  # (B, 4D, N)
         field = partial(checkpoint, self._field, use_reentrant=False) if self.recompute == "field" and torch.is_grad_enabled() else self._field
         z, state = field(p, state, path, need_state)  # (B, D, N)
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
         return out, state
 
+    def inputs(self, x, conv_state=None):
+        """What the field is built from, for x (B, N, D): q, k, v after the short conv and the gate
+        g, channel-major (B, D, N) each, and the new conv state. Used by forward and diagnostics."""
+        return self._split(self._project(x), conv_state)
+
+    def _project(self, x):
+        """x (B, N, D) -> W_in x^T (B, 4D, N): channel-major straight out of the matmul."""
+        return torch.bmm(self.in_proj.weight.expand(x.shape[0], -1, -1), x.mT)
+
+    def _split(self, p, conv_state):
+        """Projections p (B, 4D, N) -> q, k, v (short conv applied), g, and the new conv state."""
+        D = self.d_model
+        qkv, g = p.split([3 * D, D], dim=1)
+        if self.conv is not None:
+            qkv, conv_state = self._short_conv(qkv, conv_state)
+        return (*qkv.split(D, dim=1), g, conv_state)
+
     def _field(self, p, state, path: str, need_state: bool):
         """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state."""
         B, _, N = p.shape
         D = self.d_model
-        qkv, g = p.split([3 * D, D], dim=1)
-        conv_state = None
-        if self.conv is not None:
-            qkv, conv_state = self._short_conv(qkv, state["conv"] if state is not None else None)
-        q, k, v = qkv.split(D, dim=1)  # (B, D, N) each
+        q, k, v, g, conv_state = self._split(p, state["conv"] if state is not None else None)  # (B, D, N) each
 
         field_in = state["field"] if state is not None else None
         if self.deposit == "outer":  # ops.outer works time-major: (B, N, H, d)
