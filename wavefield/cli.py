@@ -69,6 +69,14 @@ def add_train(commands):
     p.set_defaults(run=run_train)
 
 
+def _count_or_all(text: str):
+    if text == "all":
+        return "all"
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
+    return int(text)
+
+
 def _boolean(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
@@ -300,8 +308,10 @@ def add_quality(benchmarks):
     p.add_argument("--quick", action="store_true", help=f"smoke-test budget (preset {QUICK.preset}, {QUICK.steps} steps of {QUICK.batch_size} x {QUICK.seq_len})")
     p.add_argument("--preset", help=f"model size (default {d.preset})")
     for name, kind in [("steps", int), ("sweep_steps", int), ("batch_size", int), ("seq_len", int), ("eval_interval", int),
-                       ("eval_windows", int), ("final_windows", int), ("seed", int)]:
+                       ("eval_windows", int), ("seed", int)]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {getattr(d, name)}")
+    p.add_argument("--final-windows", type=_count_or_all,
+                   help=f"windows of val and test scored at the end, or 'all' (default {d.final_windows})")
     p.add_argument("--lrs", type=_comma_list(float), help=f"learning rates of the sweep (default {','.join(map(str, d.lrs))})")
     p.add_argument("--d-model", type=int)
     p.add_argument("--n-layers", type=int)
@@ -324,7 +334,10 @@ def run_quality(args) -> int:
     from .train import TrainingStopped
 
     names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset"]
-    budget = dataclasses.replace(QUICK if args.quick else QualityBudget(), **{k: getattr(args, k) for k in names if getattr(args, k) is not None})
+    chosen = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if chosen.get("final_windows") == "all":
+        chosen["final_windows"] = None  # the budget's "every window"
+    budget = dataclasses.replace(QUICK if args.quick else QualityBudget(), **chosen)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not an empty folder; choose another --out")

@@ -34,11 +34,12 @@ def test_unknown_model_is_refused():
 def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cache_dir):
     out = tmp_path / "quality"
     flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16", "--n-layers", "2", "--n-heads", "2"]
-    assert main(["bench", "quality", "--quick", *flags, "--ablations", "no-conv", "--out", str(out)]) == 0
+    assert main(["bench", "quality", "--quick", *flags, "--ablations", "no-conv", "--final-windows", "all", "--out", str(out)]) == 0
     report = json.loads((out / "quality.json").read_text())
     records = {r["model"]: r for r in report["records"]}
     assert list(records) == ["wave", "transformer", "hybrid", "wave-no-conv"]
     budget = report["budget"]
+    assert budget["final_windows"] is None  # every window of val and test
     for name, r in records.items():
         assert abs(r["parameters"] / records["wave"]["parameters"] - 1) <= MATCH_TOLERANCE or name.startswith("wave-")
         assert r["sweep_val_loss"][f"{r['best_lr']:g}"] == min(r["sweep_val_loss"].values())  # the sweep kept its best rate
@@ -68,3 +69,5 @@ def test_bad_quality_flags(tmp_path, capsys):
     assert "sweep_steps <= steps" in capsys.readouterr().err
     assert main(["bench", "quality", "--ablations", "gating", "--out", str(tmp_path / "q")]) == 2
     assert "unknown model 'wave-gating'" in capsys.readouterr().err
+    assert main(["bench", "quality", "--final-windows", "most", "--out", str(tmp_path / "q")]) == 2
+    assert "expected a positive number or 'all', got 'most'" in capsys.readouterr().err
