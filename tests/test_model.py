@@ -29,6 +29,7 @@ def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):
         mlp_ratio=2.0,
         wave_deposit=draw(st.sampled_from(["channel", "outer"])),
         wave_norm=draw(st.booleans()),
+        wave_gate=draw(st.booleans()),
     )
 
 

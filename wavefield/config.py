@@ -39,6 +39,8 @@ class WaveFieldConfig:
     wave_deposit: str = "channel"
     # wave layers: RMS-normalise each head's read-out before the gate
     wave_norm: bool = False
+    # wave layers: scale the read by sigmoid(g), g a fourth projection of the input
+    wave_gate: bool = True
     # wave layers: keep omega, alpha, phi at their initial values (no gradient; an ablation)
     freeze_physics: bool = False
     # attention layers: rotary position base

@@ -44,7 +44,7 @@ class Block(nn.Module):
                 cfg.d_model, cfg.n_heads, short_conv=cfg.short_conv, feature_map=cfg.feature_map,
                 reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
-                deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale,
+                deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, gate=cfg.wave_gate,
             )
             for p in (self.mixer.omega_raw, self.mixer.alpha_raw, self.mixer.phi):
                 p.requires_grad_(not cfg.freeze_physics)

@@ -21,6 +21,7 @@ def test_small_preset_models_are_matched_within_five_percent():
         assert abs(counts[name] / counts["wave"] - 1) <= MATCH_TOLERANCE
         assert configs[name].mlp_ratio != configs["wave"].mlp_ratio  # matched by the MLP width, not by luck
     assert configs["wave-no-conv"].short_conv == 0 and counts["wave-no-conv"] < counts["wave"]
+    assert not configs["wave-no-gate"].wave_gate and counts["wave"] - counts["wave-no-gate"] == 5 * 256 * 256  # one D x D per layer
     assert configs["wave-single-scale"].reach_min == configs["wave-single-scale"].reach_max
     assert configs["wave-frozen"].freeze_physics and counts["wave-frozen"] == counts["wave"]
     assert configs["wave-recall"].wave_deposit == "outer" and configs["wave-recall"].wave_norm

@@ -12,14 +12,14 @@ from wavefield.diagnostics import effective_attention, field_amplitude, head_phy
 from wavefield.diagnostics.flow import contributions, mixer_inputs, wave_deposits, wave_mixers
 
 
-def hybrid():
+def hybrid(**wave):
     torch.manual_seed(1)
-    return WaveFieldLM(WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "attention"])).eval()
+    return WaveFieldLM(WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "attention"], **wave)).eval()
 
 
-@pytest.mark.parametrize("which", ["trained wave", "hybrid"])
+@pytest.mark.parametrize("which", ["trained wave", "hybrid", "hybrid without the gate"])
 def test_contributions_sum_to_the_mixer_output(trained_run, sample_ids, which):
-    model = trained_run[1] if which == "trained wave" else hybrid()
+    model = {"trained wave": lambda: trained_run[1], "hybrid": hybrid, "hybrid without the gate": lambda: hybrid(wave_gate=False)}[which]()
     xs = mixer_inputs(model, sample_ids)
     for block, x in zip(model.blocks, xs):
         with torch.no_grad():

@@ -39,6 +39,7 @@ MODEL_KINDS = ("wave", "transformer", "hybrid")
 # wave models with one design choice changed: "wave-NAME" in the list of models
 ABLATIONS = {
     "no-conv": {"short_conv": 0},
+    "no-gate": {"wave_gate": False},
     "silu": {"feature_map": "silu"},
     "elu1": {"feature_map": "elu1"},
     "outer": {"wave_deposit": "outer"},

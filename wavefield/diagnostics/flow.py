@@ -45,9 +45,10 @@ def mixer_inputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
 def wave_deposits(mixer, x: torch.Tensor):
     """The deposits u (N, H, d) and read weights sigmoid(g) * f(q) (N, D) of a wave layer for x (N, D)."""
     N, D = x.shape
-    q, k, v, g = (t[0].T for t in mixer.inputs(x[None])[:4])  # (N, D) each
+    q, k, v, g, _ = mixer.inputs(x[None])  # (1, D, N) each; g is None for a layer without the gate
+    q, k, v = (t[0].T for t in (q, k, v))  # (N, D)
     u = (mixer.f(k) * v).view(N, mixer.n_heads, mixer.head_dim)
-    return u, torch.sigmoid(g) * mixer.f(q)
+    return u, mixer.f(q) if g is None else torch.sigmoid(g[0].T) * mixer.f(q)
 
 
 def complex_field(mixer, u: torch.Tensor) -> torch.Tensor:

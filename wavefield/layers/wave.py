@@ -67,6 +67,7 @@ class WaveFieldAttention(nn.Module):
         deposit: str = "channel",
         norm: bool = False,
         omega_scale: float = 1.0,
+        gate: bool = True,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -86,7 +87,8 @@ class WaveFieldAttention(nn.Module):
         self.f = FEATURE_MAPS[feature_map]
         self.deposit, self.norm = deposit, norm
 
-        self.in_proj = nn.Linear(d_model, 4 * d_model, bias=False)
+        self.gate = gate  # without it the read goes to W_out unscaled, and W_in has no g rows
+        self.in_proj = nn.Linear(d_model, (4 if gate else 3) * d_model, bias=False)
         self.conv = nn.Conv1d(3 * d_model, 3 * d_model, short_conv, groups=3 * d_model) if short_conv else None
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
@@ -161,13 +163,14 @@ class WaveFieldAttention(nn.Module):
         return self._split(self._project(x), conv_state)
 
     def _project(self, x):
-        """x (B, N, D) -> W_in x^T (B, 4D, N): channel-major straight out of the matmul."""
+        """x (B, N, D) -> W_in x^T (B, 4D, N) (3D without the gate): channel-major straight out of the matmul."""
         return torch.bmm(self.in_proj.weight.expand(x.shape[0], -1, -1), x.mT)
 
     def _split(self, p, conv_state):
-        """Projections p (B, 4D, N) -> q, k, v (short conv applied), g, and the new conv state."""
+        """Projections p (B, 4D, N) -> q, k, v (short conv applied), g (None without the gate), and
+        the new conv state."""
         D = self.d_model
-        qkv, g = p.split([3 * D, D], dim=1)
+        qkv, g = p.split([3 * D, D], dim=1) if self.gate else (p, None)
         if self.conv is not None:
             qkv, conv_state = self._short_conv(qkv, conv_state)
         return (*qkv.split(D, dim=1), g, conv_state)
@@ -196,8 +199,8 @@ class WaveFieldAttention(nn.Module):
             read = self.f(q).view(B, self.n_heads, self.head_dim, N) * y.to(p.dtype)  # (B, H, d, N)
         if self.norm:  # RMS over each head's d channels
             read = F.rms_norm(read.transpose(-1, -2), (self.head_dim,)).transpose(-1, -2)
-        z = torch.sigmoid(g) * read.reshape(B, D, N)  # (B, D, N)
+        z = read.reshape(B, D, N) if g is None else torch.sigmoid(g) * read.reshape(B, D, N)  # (B, D, N)
         return z, {"field": field, "conv": conv_state}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, path={self.path!r}, recompute={self.recompute!r}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}"
