@@ -246,6 +246,7 @@ def add_recall(benchmarks):
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--init-std", type=float, help="weight init std of every model (default d_model^-0.5)")
+    p.add_argument("--hybrid-attention", type=_comma_list(int), help="the hybrid's attention layers, comma-separated indices (default: the last)")
     p.add_argument("--deposit", choices=["channel", "outer"], default=RECALL_WAVE["wave_deposit"], help="wave deposit (default %(default)s)")
     p.add_argument("--norm", action=argparse.BooleanOptionalAction, default=RECALL_WAVE["wave_norm"], help="per-head RMS norm of the wave read-out")
     p.add_argument("--short-conv", type=int, default=RECALL_WAVE["short_conv"], help="short conv kernel size, 0 for none (default %(default)s)")
@@ -293,7 +294,8 @@ def run_recall(args) -> int:
         raise ValueError("--device cuda: no CUDA device is available here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device)
+    bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device,
+                 hybrid_attention=args.hybrid_attention)
     print(f"wrote {out / 'recall.json'} and {out / 'recall.md'}")
     return 0
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from wavefield import WaveFieldLM
@@ -54,6 +55,10 @@ def test_model_kinds_have_the_layers_they_name():
     assert recall_config("wave", task).layer_types == ["wave", "wave"]
     assert recall_config("transformer", task).layer_types == ["attention", "attention"]
     assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave", "attention"]
+    assert recall_config("hybrid", task, hybrid_attention=(0,)).layer_types == ["attention", "wave"]
+    for bad in [(), (0, 1), (2,)]:
+        with pytest.raises(ValueError, match="some, not all"):
+            recall_config("hybrid", task, hybrid_attention=bad)
 
 
 def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):

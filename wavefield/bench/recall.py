@@ -92,14 +92,18 @@ def mqar(n: int, task: RecallTask, generator: torch.Generator):
 
 
 def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int = 2, n_heads: int = 4, mlp_ratio: float = 0.0,
-                  init_std: float | None = None, **wave) -> WaveFieldConfig:
-    """The model of `kind` for a task: all wave layers, all attention, or wave then attention
-    (the hybrid: its last layer is attention). Blocks have no MLP by default, as in Zoology's
-    recall models, and weights start at std d_model^-0.5 unless init_std says otherwise.
-    `wave` holds WaveFieldConfig options of the wave layers."""
+                  init_std: float | None = None, hybrid_attention: tuple | None = None, **wave) -> WaveFieldConfig:
+    """The model of `kind` for a task: all wave layers, all attention, or a hybrid whose
+    attention layers are the indices in `hybrid_attention` (default: the last layer only).
+    Blocks have no MLP by default, as in Zoology's recall models, and weights start at std
+    d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave layers."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
-    layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": ["wave"] * (n_layers - 1) + ["attention"]}[kind]
+    attention = tuple(hybrid_attention) if hybrid_attention is not None else (n_layers - 1,)
+    if not attention or len(set(attention)) == n_layers or not all(0 <= i < n_layers for i in attention):
+        raise ValueError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
+    hybrid = ["attention" if i in attention else "wave" for i in range(n_layers)]
+    layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": hybrid}[kind]
     return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio,
                            init_std=init_std or d_model**-0.5, **{"reach_max": float(task.seq_len), **wave})
 
@@ -173,7 +177,8 @@ def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, l
 
 
 def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
-                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print, device="cpu") -> list[dict]:
+                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print, device="cpu",
+                 hybrid_attention: tuple | None = None) -> list[dict]:
     """Every model kind on every task; one record per (task, kind) with its best learning rate.
 
     Writes recall.json and recall.md into out_dir when given. `wave` holds the wave options
@@ -181,7 +186,8 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
     """
     budget = budget or RecallBudget()
     wave = dict(RECALL_WAVE if wave is None else wave)
-    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, init_std=init_std, **(wave if kind != "transformer" else {}))
+    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention,
+                                                **(wave if kind != "transformer" else {}))
                for task in tasks for kind in kinds}
     records = []
     for task in tasks:
