@@ -150,11 +150,10 @@ class WaveFieldAttention(nn.Module):
 
     def _mix(self, x, state, path: str, need_state: bool):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
-        B, N, D = x.shape
         p = self._project(x)  # (B, 4D, N)
         field = partial(checkpoint, self._field, use_reentrant=False) if self.recompute == "field" and torch.is_grad_enabled() else self._field
         z, state = field(p, state, path, need_state)  # (B, D, N)
-        out = torch.bmm(z.mT, self.out_proj.weight.t().expand(B, -1, -1))  # (B, N, D)
+        out = torch.bmm(z.mT, self.out_proj.weight.t().expand(x.shape[0], -1, -1))  # (B, N, D)
         return out, state
 
     def inputs(self, x, conv_state=None):
