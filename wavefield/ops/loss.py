@@ -22,22 +22,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_size: int, reduction: str):
         # hidden (M, D), weight (V, D), targets (M,)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        M, V = hidden.shape[0], weight.shape[0]
+        w = weight.to(hidden.dtype)
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
+        # one logits buffer for every block (fresh multi-MB tensors cost page faults on CPUs);
+        # the softmax and its gradient are formed in it in place, in float32
+        logits = hidden.new_empty(min(chunk_size, M), V)
+        probs = logits if logits.dtype == torch.float32 else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        for start in range(0, M, chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            log_probs = torch.log_softmax((h @ weight.t()).float(), dim=-1)  # (m, V)
+            z, p = logits[: len(h)], probs[: len(h)]
+            torch.mm(h, w.t(), out=z)  # (m, V)
+            if p is not z:
+                p.copy_(z)
             keep = t != ignore_index
             t = torch.where(keep, t, 0)[:, None]  # (m, 1), ignored rows read column 0 and are masked
-            total -= (log_probs.gather(1, t)[:, 0] * keep).sum()
+            top = p.amax(dim=1, keepdim=True)
+            picked = p.gather(1, t)
+            norm = p.sub_(top).exp_().sum(dim=1, keepdim=True)  # p = exp(logits - top)
+            total -= ((picked - top - norm.log())[:, 0] * keep).sum()  # log-probability of each target
             if want_h or want_w:
-                grad = log_probs.exp_()  # softmax, in place
+                grad = p.div_(norm)  # softmax
                 grad.scatter_add_(1, t, -torch.ones_like(t, dtype=grad.dtype)).mul_(keep[:, None])  # - one-hot
-                grad = grad.to(hidden.dtype)
+                if grad is not z:
+                    grad = z.copy_(grad)
                 if want_h:
-                    grad_h[start : start + chunk_size] = grad @ weight.to(hidden.dtype)
-                if want_w:
+                    torch.mm(grad, w, out=grad_h[start : start + chunk_size])
+                if want_w and grad.dtype == grad_w.dtype:
+                    grad_w.addmm_(grad.t(), h)
+                elif want_w:
                     grad_w += grad.t() @ h
         scale = 1.0 / (targets != ignore_index).sum() if reduction == "mean" else torch.ones((), device=hidden.device)
         ctx.save_for_backward(grad_h, grad_w, scale)
