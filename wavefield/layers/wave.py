@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import propagate_heads, propagate_outer, short_conv
+from ..ops import conv_tail, gated_field, propagate_heads, propagate_outer, short_conv
+from ..ops.field import FEATURE_MAPS
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
-FEATURE_MAPS = {"identity": lambda x: x, "silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0}
 DEPOSITS = ("channel", "outer")
 RECOMPUTE = ("none", "field", "tile")
 
@@ -84,7 +84,7 @@ class WaveFieldAttention(nn.Module):
         self.recompute = recompute
         if deposit not in DEPOSITS:
             raise ValueError(f"deposit must be one of {DEPOSITS}, got {deposit!r}")
-        self.f = FEATURE_MAPS[feature_map]
+        self.feature_map, self.f = feature_map, FEATURE_MAPS[feature_map]
         self.deposit, self.norm = deposit, norm
 
         self.gate = gate  # without it the read goes to W_out unscaled, and W_in has no g rows
@@ -111,12 +111,14 @@ class WaveFieldAttention(nn.Module):
     def _short_conv(self, qkv, conv_state):
         """Causal depthwise conv over time on channel-major qkv (B, 3D, N), continuing from the
         previous inputs in conv_state (B, K-1, 3D). Returns the output and the new conv state."""
-        B, C, N = qkv.shape
-        K = self.short_conv
-        history = conv_state.to(qkv.dtype).transpose(1, 2) if conv_state is not None else qkv.new_zeros(B, C, K - 1)
-        out = short_conv(qkv, history, self.conv.weight[:, 0], self.conv.bias)
-        tail = torch.cat([history, qkv[..., N - min(N, K - 1) :]], dim=2)  # the last K-1 inputs
-        return out, tail[..., tail.shape[2] - (K - 1) :].transpose(1, 2)
+        history = self._history(qkv, conv_state)
+        return short_conv(qkv, history, self.conv.weight[:, 0], self.conv.bias), conv_tail(qkv, history).transpose(1, 2)
+
+    def _history(self, qkv, conv_state):
+        """The K-1 conv inputs before qkv (B, 3D, N), channel-major (B, 3D, K-1): the state's, or zeros."""
+        if conv_state is not None:
+            return conv_state.to(qkv.dtype).transpose(1, 2)
+        return qkv.new_zeros(qkv.shape[0], 3 * self.d_model, self.short_conv - 1)
 
     def check_state(self, state, batch_size: int):
         if not isinstance(state, dict) or "field" not in state:
@@ -151,7 +153,12 @@ class WaveFieldAttention(nn.Module):
     def _mix(self, x, state, path: str, need_state: bool):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         p = self._project(x)  # (B, 4D, N)
-        field = partial(checkpoint, self._field, use_reentrant=False) if self.recompute == "field" and torch.is_grad_enabled() else self._field
+        if self.deposit == "channel" and not self.norm and self.recompute != "none":
+            field = self._gated_field  # one op; its backward recomputes what it needs from p
+        elif self.recompute == "field" and torch.is_grad_enabled():
+            field = partial(checkpoint, self._field, use_reentrant=False)
+        else:
+            field = self._field
         z, state = field(p, state, path, need_state)  # (B, D, N)
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(x.shape[0], -1, -1))  # (B, N, D)
         return out, state
@@ -174,8 +181,22 @@ class WaveFieldAttention(nn.Module):
             qkv, conv_state = self._short_conv(qkv, conv_state)
         return (*qkv.split(D, dim=1), g, conv_state)
 
+    def _gated_field(self, p, state, path: str, need_state: bool):
+        """_field for channel deposits without norm, fused into one op with a hand-written backward (ops.field)."""
+        conv_state, field_in = (state["conv"], state["field"]) if state is not None else (None, None)
+        weight, bias, history = None, None, None
+        if self.conv is not None:
+            weight, bias, history = self.conv.weight[:, 0], self.conv.bias, self._history(p, conv_state)
+        z = gated_field(p, weight, bias, history, self.omega, self.alpha, self.phi, field_in, self.n_heads,
+                        self.feature_map, self.gate, path, self.chunk_size, need_state)
+        if not need_state:
+            return z, None
+        z, field, tail = z
+        return z, {"field": field, "conv": tail.transpose(1, 2) if tail is not None else conv_state}
+
     def _field(self, p, state, path: str, need_state: bool):
-        """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state."""
+        """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state.
+        The reference composition of autograd ops; _gated_field is its fused form."""
         B, _, N = p.shape
         D = self.d_model
         q, k, v, g, conv_state = self._split(p, state["conv"] if state is not None else None)  # (B, D, N) each

@@ -1,7 +1,8 @@
 """Pure tensor operations: the wave kernel, the three exact propagation paths, the short conv,
 and the output head's cross-entropy computed a block of rows at a time."""
 
-from .conv import short_conv
+from .conv import causal_conv, causal_conv_backward, conv_tail, short_conv
+from .field import gated_field
 from .kernel import lower_toeplitz, next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
 from .loss import linear_cross_entropy
 from .propagate import PATHS, carry_in_heads, propagate, propagate_heads, state_out_heads
