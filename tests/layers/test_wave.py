@@ -60,6 +60,27 @@ def test_tiled_chunked_layer_matches_the_fft_layer():
     torch.testing.assert_close(sa["conv"], sb["conv"])
 
 
+@pytest.mark.parametrize("short_conv", [0, 4])
+def test_short_sequences_are_grouped_by_sample_with_the_same_result(short_conv):
+    """With sequences shorter than a tile, tiles are groups of samples (here 2, 2 and 1):
+    outputs, states and gradients equal one pass over the whole batch."""
+    torch.manual_seed(3)
+    grouped = WaveFieldAttention(16, 2, short_conv=short_conv, tile_size=20)
+    whole = WaveFieldAttention(16, 2, short_conv=short_conv, tile_size=1000)
+    whole.load_state_dict(grouped.state_dict())
+    x = torch.randn(5, 9, 16)
+    with torch.no_grad():
+        _, state = whole(torch.randn(5, 7, 16), return_state=True)
+    results = []
+    for layer in (grouped, whole):
+        xg = x.clone().requires_grad_()
+        out, new_state = layer(xg, state=state, return_state=True)
+        (out.square().sum() + new_state["field"].abs().sum()).backward()
+        results.append([out, *(v for v in new_state.values() if v is not None), xg.grad, *(p.grad for p in layer.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("recompute", ["field", "tile"])
 @pytest.mark.parametrize("deposit", ["channel", "outer"])
 def test_recompute_gives_the_same_gradients(recompute, deposit):

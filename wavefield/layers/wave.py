@@ -139,10 +139,27 @@ class WaveFieldAttention(nn.Module):
             out = self.out_proj(x)
             return (out, state) if return_state else out
         path = self.path if self.path != "auto" else ("recurrent" if N <= 4 else "chunked")
-        # The chunked path continues from a state exactly, so a long input runs tile by tile,
-        # projections included: a tile's intermediates stay in cache, extra memory is O(tile).
-        tile = self.tile_size if path == "chunked" else N
-        outs, tiles = [], x.split(tile, dim=1)  # split, not slices: one gradient copy, not one per tile
+        if path != "chunked":
+            return self._tiles(x, state, path, N, return_state)
+        # The chunked path continues from a state exactly, so the input runs in tiles of about
+        # tile_size tokens, projections included: a tile's intermediates stay in cache and extra
+        # memory is O(tile). Long sequences are cut along time, short ones grouped by sample.
+        group = max(1, self.tile_size // N)
+        if B <= group:
+            return self._tiles(x, state, path, self.tile_size, return_state)
+        pieces = x.split(group, dim=0)  # split, not slices: one gradient copy, not one per piece
+        states = [None] * len(pieces)
+        if state is not None:  # each group continues from its own samples' state
+            states = [{k: v[i : i + group] if v is not None else None for k, v in state.items()} for i in range(0, B, group)]
+        results = [self._tiles(piece, piece_state, path, self.tile_size, return_state) for piece, piece_state in zip(pieces, states)]
+        if not return_state:
+            return torch.cat(results, dim=0)
+        outs, new_states = zip(*results)
+        return torch.cat(outs, dim=0), {k: _cat([s[k] for s in new_states]) for k in new_states[0]}
+
+    def _tiles(self, x, state, path: str, tile: int, return_state: bool):
+        """x (B, N, D) in tiles of `tile` tokens along time, the state carried from one to the next."""
+        outs, tiles = [], x.split(tile, dim=1)
         mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute == "tile" and torch.is_grad_enabled() else self._mix
         for i, piece in enumerate(tiles):
             out, state = mix(piece, state, path, need_state=return_state or i + 1 < len(tiles))
@@ -224,3 +241,7 @@ class WaveFieldAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}"
+
+
+def _cat(entries):
+    return torch.cat(entries, dim=0) if entries[0] is not None else None
