@@ -80,7 +80,9 @@ def _chunked(u, omega, alpha, phi, state=None, chunk_size: int = 64, return_stat
     B, H, d, N = u.shape
     C = max(1, min(chunk_size, N))
     nc = -(-N // C)
-    u = F.pad(u, (0, nc * C - N)).reshape(B, H, d * nc, C)  # zeros at the end only; one row per chunk
+    if nc * C > N:  # zeros at the end only (F.pad would copy even with nothing to add)
+        u = F.pad(u, (0, nc * C - N))
+    u = u.reshape(B, H, d * nc, C)  # one row per chunk
 
     # between chunks: the state entering chunk c is lambda^C * (state entering c-1) + sum of c-1
     powers = wave_powers(omega, alpha, C + 1).to(torch.complex64)  # (H, C + 1)
