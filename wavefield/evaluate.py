@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def window_starts(n_tokens: int, seq_len: int, max_windows: int | None = None) -> np.ndarray:
@@ -41,8 +40,8 @@ def evaluate_tokens(model, tokens, seq_len: int, batch_size: int = 8, device="cp
         n = min(seq_len, len(tokens) - 1 - group[0])
         chunk = torch.from_numpy(np.stack([np.asarray(tokens[s:s + n + 1], dtype=np.int64) for s in group])).to(device)  # (b, n+1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(chunk[:, :-1])  # (b, n, vocab)
-        nll += F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+            loss = model(chunk[:, :-1], targets=chunk[:, 1:])  # mean over the window's tokens, no (b, n, vocab) logits
+        nll += loss.item() * chunk[:, 1:].numel()
         count += chunk[:, 1:].numel()
     model.train(was_training)
     return {"nll": nll, "tokens": count}
