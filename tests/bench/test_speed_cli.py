@@ -52,3 +52,16 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "speed.json").exists()
+
+
+def test_targets_list_only_what_the_records_measure():
+    from wavefield.bench.report import targets
+
+    def rec(op, n, mode, seconds):
+        return {"kind": "mixer", "op": op, "n": n, "mode": mode, "seconds": seconds, "peak_mb": 1.0, "skipped": False}
+
+    records = [rec("wave", 32768, "backward", 1.0), rec("sdpa", 32768, "backward", 11.0)]
+    met = {name.split(":")[0]: ok for name, _, ok in targets(records)}
+    assert met["b"] is False and "a" not in met and "f" not in met  # 11x < 12x; a and f were not measured
+    met = {name.split(":")[0]: ok for name, _, ok in targets(records + [rec("wave", 32768, "forward", 1.0), rec("sdpa", 32768, "forward", 16.0)])}
+    assert met["a"] is True
