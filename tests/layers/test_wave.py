@@ -109,3 +109,22 @@ def test_outer_deposit_keeps_a_matrix_field_per_head():
         WaveFieldAttention(24, 3, deposit="matrix")
     with pytest.raises(ValueError, match="recompute must be one of"):
         WaveFieldAttention(24, 3, recompute=True)
+
+
+def test_bfloat16_autocast_training_stays_close_to_float32():
+    """Under autocast the projections run in bfloat16 and the propagation in float32: the output
+    and the gradients (input, projections, physical parameters) stay within bfloat16 rounding."""
+    torch.manual_seed(4)
+    layer = WaveFieldAttention(32, 4, tile_size=16)
+    x = torch.randn(2, 40, 32)
+    runs = []
+    for bf16 in (False, True):
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = layer(xg)
+        assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        out.float().square().sum().backward()
+        runs.append([out.float(), xg.grad, layer.in_proj.weight.grad.clone(), layer.conv.weight.grad.clone(), layer.omega_raw.grad.clone()])
+    for low, ref in zip(runs[1], runs[0]):
+        assert ((low - ref).norm() / ref.norm()).item() < 0.05
