@@ -1,5 +1,6 @@
 """Pure tensor operations: the wave kernel, the three exact propagation paths, the short conv,
-and the output head's cross-entropy computed a block of rows at a time."""
+the whole field stage of a layer as one op (conv, deposit, propagation, read, gate), and the
+output head's cross-entropy computed a block of rows at a time."""
 
 from .conv import causal_conv, causal_conv_backward, conv_tail, short_conv
 from .field import gated_field
