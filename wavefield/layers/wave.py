@@ -203,7 +203,7 @@ class WaveFieldAttention(nn.Module):
         conv_state, field_in = (state["conv"], state["field"]) if state is not None else (None, None)
         weight, bias, history = None, None, None
         if self.conv is not None:
-            weight, bias, history = self.conv.weight[:, 0], self.conv.bias, self._history(p, conv_state)
+            weight, bias, history = self.conv.weight[:, 0], self.conv.bias, self._history(p[:, : 3 * self.d_model], conv_state)
         z = gated_field(p, weight, bias, history, self.omega, self.alpha, self.phi, field_in, self.n_heads,
                         self.feature_map, self.gate, path, self.chunk_size, need_state)
         if not need_state:
