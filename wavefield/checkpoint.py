@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .data import Tokenizer
 from .model import WaveFieldLM
+from .errors import MissingError, UserError
 
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
 STATE_VERSION = 1
@@ -28,7 +29,7 @@ def checkpoint_dir(path) -> Path:
     """A run folder or a checkpoint folder -> the folder that holds model.safetensors."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such folder")
+        raise MissingError(f"{path}: no such folder")
     return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
 
 
@@ -36,12 +37,12 @@ def read_state_json(ckpt: Path) -> dict:
     try:
         state = json.loads((ckpt / STATE_JSON).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state ({type(e).__name__}: {e})") from None
+        raise UserError(f"{ckpt / STATE_JSON} is not a valid training state ({type(e).__name__}: {e})") from None
     missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
+        raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
     if state.get("state_version") != STATE_VERSION:
-        raise ValueError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
+        raise UserError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
     return state
 
 
@@ -83,7 +84,7 @@ def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0):
     try:
         tensors = load_file(str(ckpt / STATE_TENSORS))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{ckpt / STATE_TENSORS} cannot be read (truncated or corrupt?): {e}") from None
+        raise UserError(f"{ckpt / STATE_TENSORS} cannot be read (truncated or corrupt?): {e}") from None
     state = {}
     for key, v in tensors.items():
         if key.startswith("optimizer."):
@@ -101,10 +102,10 @@ def load_checkpoint(path, device="cpu"):
     """A run folder or checkpoint folder -> (model, tokenizer, training state or None)."""
     ckpt = checkpoint_dir(path)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        raise UserError("--device cuda: no CUDA device is available")
     model = WaveFieldLM.from_pretrained(ckpt, map_location=device).eval()
     tokenizer = Tokenizer.load(ckpt)
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise ValueError(f"{ckpt}: the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
+        raise UserError(f"{ckpt}: the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
     state = read_state_json(ckpt) if (ckpt / STATE_JSON).exists() else None
     return model, tokenizer, state

@@ -1,6 +1,7 @@
 """The `wavefield` command: thin wrappers over library functions.
 
-Bad input ends with one line on stderr naming the problem and exit code 2.
+Bad input (a UserError, or an OSError of the machine such as a full disk) ends with one line
+on stderr naming the problem and exit code 2; any other exception is a bug and keeps its traceback.
 """
 
 import argparse
@@ -9,6 +10,7 @@ import json
 import sys
 
 from . import __version__
+from .errors import UserError, is_environment_error
 
 
 class Parser(argparse.ArgumentParser):
@@ -126,7 +128,7 @@ def run_eval(args) -> int:
     for name in ("seq_len", "batch_size", "max_windows"):
         v = getattr(args, name)
         if v is not None and not 1 <= v <= 2**20:
-            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {2**20}, got {v}")
+            raise UserError(f"--{name.replace('_', '-')} must be between 1 and {2**20}, got {v}")
     if args.task == "lambada":
         return run_lambada(args)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.seq_len, args.batch_size, args.max_windows, args.cache_dir, args.device)
@@ -180,7 +182,7 @@ def run_generate(args) -> int:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UserError(message)
     model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
     sys.stdout.write(args.prompt)
     for piece in stream_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.device):
@@ -272,26 +274,26 @@ def run_recall(args) -> int:
         tasks = [[int(x) for x in t.split(":")] for t in args.tasks.split(",")]
         reach = [float(x) for x in args.reach.split(":")]
     except ValueError:
-        raise ValueError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024") from None
+        raise UserError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024") from None
     if any(len(t) != 2 for t in tasks) or len(reach) != 2:
-        raise ValueError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024")
+        raise UserError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024")
     tasks = [RecallTask(*t) for t in tasks]
     given = {"steps": args.steps, "batch_size": args.batch_size, "test_examples": args.test_examples, "physical_lr_scale": args.physical_lr_scale,
              "lrs": args.lrs, "seeds": args.seeds}
     budget = dataclasses.replace(QUICK if args.quick else RecallBudget(), **{k: v for k, v in given.items() if v is not None})
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out} is a file, not a folder")
     if (out / "recall.json").exists() and not args.overwrite:
-        raise ValueError(f"{out / 'recall.json'} exists; pass --overwrite to replace it or choose another --out")
+        raise UserError(f"{out / 'recall.json'} exists; pass --overwrite to replace it or choose another --out")
     wave = {"wave_deposit": args.deposit, "wave_norm": args.norm, "short_conv": args.short_conv, "feature_map": args.feature_map,
             "omega_scale": args.omega_scale, "reach_min": reach[0], "reach_max": reach[1]}
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a torch device") from None
+        raise UserError(f"--device {args.device!r} is not a torch device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here")
+        raise UserError("--device cuda: no CUDA device is available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device,
@@ -342,7 +344,7 @@ def run_quality(args) -> int:
     budget = dataclasses.replace(QUICK if args.quick else QualityBudget(), **chosen)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} exists and is not an empty folder; choose another --out")
+        raise UserError(f"--out {out} exists and is not an empty folder; choose another --out")
     model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads") if getattr(args, k) is not None}
     models = [m for m in args.models.split(",") if m] + [f"wave-{a}" for a in args.ablations]
     try:
@@ -362,7 +364,7 @@ def add_threads(p):
 def set_threads(threads):
     if threads is not None:
         if not 1 <= threads <= 1024:
-            raise ValueError(f"--threads must be between 1 and 1024, got {threads}")
+            raise UserError(f"--threads must be between 1 and 1024, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
@@ -405,7 +407,9 @@ def main(argv=None) -> int:
     try:
         set_threads(getattr(args, "threads", None))
         return args.run(args)
-    except (ValueError, OSError) as e:  # bad input: one line, no traceback
+    except (UserError, OSError) as e:  # bad input, or a full disk: one line, no traceback
+        if isinstance(e, OSError) and not isinstance(e, UserError) and not is_environment_error(e):
+            raise  # any other OSError is a bug and keeps its traceback
         print(f"wavefield {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C in eval or generate (train saves a checkpoint and returns 130)

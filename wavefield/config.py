@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from dataclasses import dataclass
+from .errors import UserError
 
 LAYER_TYPES = ("wave", "attention")
 FEATURE_MAPS = ("identity", "silu", "elu1")
@@ -73,9 +74,9 @@ class WaveFieldConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UserError(message)
         if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
+            raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
 
     @property
     def head_dim(self) -> int:
@@ -89,11 +90,11 @@ class WaveFieldConfig:
         data = dict(data)
         version = data.pop("config_version", None)
         if version != CONFIG_VERSION:
-            raise ValueError(f"config version {version!r} is not supported (this wavefield reads version {CONFIG_VERSION})")
+            raise UserError(f"config version {version!r} is not supported (this wavefield reads version {CONFIG_VERSION})")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+            raise UserError(f"unknown config fields: {', '.join(unknown)}")
         return cls(**data)
 
     def to_json(self) -> str:

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import torch
+from .errors import UserError
 
 
 def window_starts(n_tokens: int, seq_len: int, max_windows: int | None = None) -> np.ndarray:
@@ -67,7 +68,7 @@ def evaluate_checkpoint(path, data=None, split="val", seq_len=None, batch_size=8
     corpus = load_corpus(data)
     tokens = prepare_data(corpus, cache_dir=cache_dir, tokenizer=tokenizer)
     if len(tokens.tokens[split]) < 2:
-        raise ValueError(f"the {split} split of {corpus.name} has {len(tokens.tokens[split])} tokens, too few to score")
+        raise UserError(f"the {split} split of {corpus.name} has {len(tokens.tokens[split])} tokens, too few to score")
     result = evaluate_tokens(model, tokens.tokens[split], seq_len, batch_size, device, max_windows)
     return {"corpus": corpus.name, "split": split, "seq_len": seq_len,
             **summarize(result["nll"], result["tokens"], tokens.bytes_per_token(split))}

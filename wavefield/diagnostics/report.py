@@ -17,6 +17,7 @@ from .energy import field_energy, parseval_check
 from .flow import effective_attention, field_amplitude, impulse_responses, wave_mixers, wavefronts
 from .heads import LOCAL_MAX, LONG_MIN, head_physics, head_table
 from .sources import DEFAULT_PROMPT, checkpoint_dirs, encode_prompt, load_model, metrics_history, step_of
+from ..errors import UserError
 
 MAX_TOKENS = 512  # longest prompt diagnosed: the effective-attention maps are N x N
 AUDIT_TOKENS = 128  # positions perturbed by the causality audit (each costs one forward pass)
@@ -49,18 +50,18 @@ def _is_report(path: Path) -> bool:
 def _check_writable(out: Path, json_path):
     """Refuse to overwrite files that an earlier diagnose did not write."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+        raise UserError(f"--out {out} exists and is not a folder")
     ours = OUTPUT_NAMES & {p.name for p in out.iterdir()} if out.is_dir() else set()
     if ours and not _is_report(out / "diagnostics.json"):
-        raise ValueError(f"{out} already holds {', '.join(sorted(ours))} not written by wavefield diagnose; choose another --out")
+        raise UserError(f"{out} already holds {', '.join(sorted(ours))} not written by wavefield diagnose; choose another --out")
     if json_path is not None:
         json_path = Path(json_path)
         if json_path.is_dir():
-            raise ValueError(f"--json {json_path} is a folder; give a file name")
+            raise UserError(f"--json {json_path} is a folder; give a file name")
         if json_path.exists() and not _is_report(json_path):
-            raise ValueError(f"--json {json_path} exists and is not a diagnose report; refusing to overwrite it")
+            raise UserError(f"--json {json_path} exists and is not a diagnose report; refusing to overwrite it")
         if not json_path.parent.is_dir():
-            raise ValueError(f"--json {json_path}: folder {json_path.parent} does not exist")
+            raise UserError(f"--json {json_path}: folder {json_path.parent} does not exist")
 
 
 def _history(dirs, paths) -> list[dict]:
@@ -84,12 +85,12 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
     _check_writable(out, json_path)
     text = DEFAULT_PROMPT if prompt is None else prompt
     if not text.strip():
-        raise ValueError("the prompt is empty")
+        raise UserError("the prompt is empty")
     model = load_model(paths[-1])
     cfg = model.config
     if cfg.wave_deposit != "channel" or cfg.wave_norm:
         # the field and flow figures decompose y = kappa * (f(k) * v) read linearly by f(q)
-        raise ValueError(f"{paths[-1]}: diagnose covers wave layers with channel deposits and no wave_norm; "
+        raise UserError(f"{paths[-1]}: diagnose covers wave layers with channel deposits and no wave_norm; "
                          f"this model has wave_deposit={cfg.wave_deposit!r}, wave_norm={cfg.wave_norm}")
     ids, tokens, tokenizer = encode_prompt(paths[-1], text, cfg.vocab_size)
     notes = [f"prompt tokenised with {tokenizer}"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data.tokenizer import TOKENIZER_NAME, Tokenizer
 from ..model import CONFIG_NAME, WEIGHTS_NAME, WaveFieldLM
+from ..errors import UserError
 
 METRICS_NAME = "metrics.jsonl"
 DEFAULT_PROMPT = (
@@ -37,13 +38,13 @@ def checkpoint_dirs(dirs) -> list[Path]:
     found = []
     for d in map(Path, dirs):
         if not d.is_dir():
-            raise ValueError(f"{d} is not a folder")
+            raise UserError(f"{d} is not a folder")
         if is_model_dir(d):
             found.append(d)
             continue
         subs = sorted((s for s in d.iterdir() if s.is_dir() and is_model_dir(s)), key=lambda s: step_of(s, 0))
         if not subs:
-            raise ValueError(f"{d} holds no saved wavefield model ({CONFIG_NAME} + {WEIGHTS_NAME})")
+            raise UserError(f"{d} holds no saved wavefield model ({CONFIG_NAME} + {WEIGHTS_NAME})")
         found.extend(subs)
     return found
 
@@ -52,7 +53,7 @@ def load_model(path: Path) -> WaveFieldLM:
     try:
         return WaveFieldLM.from_pretrained(path).eval()
     except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def _is_heads(heads) -> bool:
@@ -91,7 +92,7 @@ def encode_prompt(folder: Path, text: str, vocab_size: int):
             tok = Tokenizer.load(f.parent)
             ids = tok.encode(text)
             if ids and max(ids) >= vocab_size:
-                raise ValueError(f"{f} produces ids up to {max(ids)}, beyond the model's vocab_size {vocab_size}")
+                raise UserError(f"{f} produces ids up to {max(ids)}, beyond the model's vocab_size {vocab_size}")
             return ids, [tok.decode([i]) for i in ids], f"tokenizer {f}"
     data = text.encode("utf-8")
     note = "UTF-8 bytes (no tokenizer.json in the model folder)"
