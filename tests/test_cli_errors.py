@@ -144,3 +144,42 @@ def test_the_installed_command_prints_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "wavefield.cli", "eval", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"wavefield eval: error: {tmp_path / 'nowhere'}: no such folder"]
+
+
+def test_info_on_a_model_without_mlps(tmp_path, capsys):
+    from wavefield import WaveFieldConfig, WaveFieldLM
+
+    WaveFieldLM(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, mlp_ratio=0)).save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [layer["mlp"] for layer in info["parameters"]["layers"]] == [0, 0]
+    assert all(layer["norms"] == 16 for layer in info["parameters"]["layers"])  # norm1 only
+
+
+def test_a_bug_keeps_its_traceback(trained_run, monkeypatch):
+    """Only user errors (UserError, or an OSError of the machine) become one line and exit 2: a
+    ValueError or OSError raised by a bug inside the library propagates with its traceback."""
+    import errno
+
+    import wavefield.info
+
+    for bug in (ValueError("a bug deep inside"), OSError(errno.EIO, "an I/O bug")):
+        def broken(model, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(wavefield.info, "describe", broken)
+        with pytest.raises(type(bug)):
+            main(["info", str(trained_run)])
+
+
+def test_a_full_disk_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    """An OSError of the user's machine (here a real ENOSPC from /dev/full) is one line and exit 2."""
+    import wavefield.info
+
+    def write_to_full_disk(model):
+        with open("/dev/full", "w") as f:
+            f.write("x" * 10000)
+            f.flush()
+
+    monkeypatch.setattr(wavefield.info, "describe", write_to_full_disk)
+    fails(["info", str(trained_run)], capsys, "No space left on device")

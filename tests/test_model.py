@@ -240,3 +240,30 @@ def test_empty_input_is_handled():
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         WaveFieldConfig(**{**dict(d_model=64, n_layers=2, n_heads=4), **bad})
+
+
+def test_from_pretrained_returns_an_eval_mode_model_in_the_asked_dtype(tmp_path):
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, dropout=0.5)).train()
+    model.save_pretrained(tmp_path)
+    loaded = WaveFieldLM.from_pretrained(tmp_path)
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    ids = torch.randint(0, 32, (2, 9))
+    torch.testing.assert_close(loaded(ids), loaded(ids), rtol=0, atol=0)  # no dropout draws
+    half = WaveFieldLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"top_p": 0.0}, "top_p"), ({"top_p": -0.5}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
+    ({"top_k": 0}, "top_k"), ({"top_k": -3}, "top_k"), ({"top_k": 2.5}, "top_k"),
+    ({"temperature": -1.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+])
+def test_sample_rejects_settings_out_of_range(kwargs, phrase):
+    from wavefield.model import sample
+
+    logits = torch.randn(2, 11)
+    with pytest.raises(ValueError, match=phrase):
+        sample(logits, **{"temperature": 1.0, **kwargs})
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2))
+    with pytest.raises(ValueError, match=phrase):  # also through generate, before any decoding
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, **{"temperature": 1.0, **kwargs})

@@ -27,8 +27,8 @@ def describe(model) -> dict:
         layers.append({
             "layer": i, "type": cfg.layer_types[i],
             "mixer": sum(p.numel() for p in block.mixer.parameters()),
-            "mlp": sum(p.numel() for p in block.mlp.parameters()),
-            "norms": sum(p.numel() for p in (*block.norm1.parameters(), *block.norm2.parameters())),
+            "mlp": sum(p.numel() for p in block.mlp.parameters()) if block.mlp is not None else 0,  # mlp_ratio 0: no MLP
+            "norms": sum(p.numel() for norm in (block.norm1, block.norm2) if norm is not None for p in norm.parameters()),
         })
     return {
         "parameters": {"total": model.num_parameters(), "embedding (tied to output)": model.embed.weight.numel(), "layers": layers},

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import WaveFieldConfig
+from .errors import MissingError, UserError
 from .io import atomic_path, write_text_atomic
 from .layers import CausalSelfAttention, WaveFieldAttention
 from .ops import linear_cross_entropy
@@ -140,33 +141,39 @@ class WaveFieldLM(nn.Module):
         write_text_atomic(path / CONFIG_NAME, self.config.to_json())
 
     @classmethod
-    def from_pretrained(cls, path, map_location="cpu") -> "WaveFieldLM":
+    def from_pretrained(cls, path, map_location="cpu", dtype=None) -> "WaveFieldLM":
+        """Load a folder written by save_pretrained, in eval mode (call .train() to fine-tune),
+        on `map_location`, with floating-point weights cast to `dtype` when one is given."""
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a saved wavefield model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+            raise MissingError(f"{path} is not a saved wavefield model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         try:
             cfg = WaveFieldConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path / CONFIG_NAME} is not a valid wavefield config: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:
+            raise UserError(f"{path / CONFIG_NAME} is not a valid wavefield config: {e}") from None
         try:
             tensors = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path / WEIGHTS_NAME} cannot be read (truncated or corrupt?): {e}") from None
+            raise UserError(f"{path / WEIGHTS_NAME} cannot be read (truncated or corrupt?): {e}") from None
         model = cls(cfg)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
-            raise ValueError(f"{path / WEIGHTS_NAME} does not match its config: {str(e).splitlines()[0]}") from None
-        return model.to(map_location)
+            raise UserError(f"{path / WEIGHTS_NAME} does not match its config: {str(e).splitlines()[0]}") from None
+        return model.to(map_location, dtype=dtype).eval()
 
 
 def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
     from the softmax restricted to the top_k tokens and to the smallest set of mass top_p."""
+    if not temperature >= 0:  # NaN too
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise UserError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be None or lie in (0, 1], got {top_p!r}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     logits = logits / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
