@@ -59,3 +59,17 @@ def test_bad_arguments():
         linear_cross_entropy(hidden, weight, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy(hidden, weight, torch.zeros(4, dtype=torch.long), reduction="none")
+
+
+def test_no_grad_forms_no_gradient_even_for_parameters_that_require_one():
+    """Under torch.no_grad (evaluation) only the logits matmuls run, one per block: the
+    gradient matmuls (grad of hidden and of the weight) must not, although weight.requires_grad."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hidden, weight = torch.randn(10, 6), torch.randn(7, 6, requires_grad=True)
+    targets = torch.randint(0, 7, (10,))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss = linear_cross_entropy(hidden, weight, targets, chunk_size=3)
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::mm") == 4 and "aten::addmm_" not in names and "aten::addmm" not in names, names
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.detach().t(), targets))

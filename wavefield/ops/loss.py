@@ -17,44 +17,53 @@ IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum")
 
 
+def _blocked(hidden, weight, targets, ignore_index: int, chunk_size: int, want_h: bool, want_w: bool):
+    """hidden (M, D), weight (V, D), targets (M,) -> (summed loss, grad of hidden or None, grad
+    of weight or None), the gradients those of the summed loss, formed only when asked for."""
+    M, V = hidden.shape[0], weight.shape[0]
+    w = weight.to(hidden.dtype)
+    grad_h = torch.empty_like(hidden) if want_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    # one logits buffer for every block (fresh multi-MB tensors cost page faults on CPUs);
+    # the softmax and its gradient are formed in it in place, in float32
+    logits = hidden.new_empty(min(chunk_size, M), V)
+    probs = logits if logits.dtype == torch.float32 else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, M, chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        z, p = logits[: len(h)], probs[: len(h)]
+        torch.mm(h, w.t(), out=z)  # (m, V)
+        if p is not z:
+            p.copy_(z)
+        keep = t != ignore_index
+        t = torch.where(keep, t, 0)[:, None]  # (m, 1), ignored rows read column 0 and are masked
+        top = p.amax(dim=1, keepdim=True)
+        picked = p.gather(1, t)
+        norm = p.sub_(top).exp_().sum(dim=1, keepdim=True)  # p = exp(logits - top)
+        total -= ((picked - top - norm.log())[:, 0] * keep).sum()  # log-probability of each target
+        if want_h or want_w:
+            grad = p.div_(norm)  # softmax
+            grad.scatter_add_(1, t, -torch.ones_like(t, dtype=grad.dtype)).mul_(keep[:, None])  # - one-hot
+            if grad is not z:
+                grad = z.copy_(grad)
+            if want_h:
+                torch.mm(grad, w, out=grad_h[start : start + chunk_size])
+            if want_w and grad.dtype == grad_w.dtype:
+                grad_w.addmm_(grad.t(), h)
+            elif want_w:
+                grad_w += grad.t() @ h
+    return total, grad_h, grad_w
+
+
+def _scale(targets, ignore_index: int, reduction: str):
+    return 1.0 / (targets != ignore_index).sum() if reduction == "mean" else torch.ones((), device=targets.device)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_size: int, reduction: str):
-        # hidden (M, D), weight (V, D), targets (M,)
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        M, V = hidden.shape[0], weight.shape[0]
-        w = weight.to(hidden.dtype)
-        grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # one logits buffer for every block (fresh multi-MB tensors cost page faults on CPUs);
-        # the softmax and its gradient are formed in it in place, in float32
-        logits = hidden.new_empty(min(chunk_size, M), V)
-        probs = logits if logits.dtype == torch.float32 else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        for start in range(0, M, chunk_size):
-            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            z, p = logits[: len(h)], probs[: len(h)]
-            torch.mm(h, w.t(), out=z)  # (m, V)
-            if p is not z:
-                p.copy_(z)
-            keep = t != ignore_index
-            t = torch.where(keep, t, 0)[:, None]  # (m, 1), ignored rows read column 0 and are masked
-            top = p.amax(dim=1, keepdim=True)
-            picked = p.gather(1, t)
-            norm = p.sub_(top).exp_().sum(dim=1, keepdim=True)  # p = exp(logits - top)
-            total -= ((picked - top - norm.log())[:, 0] * keep).sum()  # log-probability of each target
-            if want_h or want_w:
-                grad = p.div_(norm)  # softmax
-                grad.scatter_add_(1, t, -torch.ones_like(t, dtype=grad.dtype)).mul_(keep[:, None])  # - one-hot
-                if grad is not z:
-                    grad = z.copy_(grad)
-                if want_h:
-                    torch.mm(grad, w, out=grad_h[start : start + chunk_size])
-                if want_w and grad.dtype == grad_w.dtype:
-                    grad_w.addmm_(grad.t(), h)
-                elif want_w:
-                    grad_w += grad.t() @ h
-        scale = 1.0 / (targets != ignore_index).sum() if reduction == "mean" else torch.ones((), device=hidden.device)
+        total, grad_h, grad_w = _blocked(hidden, weight, targets, ignore_index, chunk_size, *ctx.needs_input_grad[:2])
+        scale = _scale(targets, ignore_index, reduction)
         ctx.save_for_backward(grad_h, grad_w, scale)
         ctx.weight_dtype = weight.dtype
         return total * scale
@@ -78,5 +87,7 @@ def linear_cross_entropy(hidden, weight, targets, ignore_index: int = IGNORE_IND
         raise ValueError(f"targets of shape {tuple(targets.shape)} do not match hidden states of shape {tuple(hidden.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    return _LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), ignore_index, chunk_size, reduction)
+    flat, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if not torch.is_grad_enabled():  # evaluation: no gradient is formed (requires_grad alone would ask for them)
+        return _blocked(flat, weight, targets, ignore_index, chunk_size, False, False)[0] * _scale(targets, ignore_index, reduction)
+    return _LinearCrossEntropy.apply(flat, weight, targets, ignore_index, chunk_size, reduction)
