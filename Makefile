@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
 
-.PHONY: install test demo
+.PHONY: install test demo gpu-check
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# On a machine with a GPU: the whole suite on CUDA, then a short speed run there.
+gpu-check: install
+	WAVEFIELD_TEST_DEVICE=cuda $(BIN)/python -m pytest -q
+	$(BIN)/wavefield bench speed --device cuda --quick --out runs/gpu-check
 
 # The demo's run folder is its own: it is replaced on every `make demo`. One thread per
 # process: on a busy 2-core machine it is several times faster than two (make DEMO_THREADS=2).

@@ -16,6 +16,19 @@ if os.environ.get("CI"):
 
 torch.set_num_threads(1)  # the test tensors are tiny: on a shared 2-core machine threads only add waiting
 
+# WAVEFIELD_TEST_DEVICE=cuda runs the suite on a GPU (make gpu-check): every tensor a test makes
+# without naming a device, models included, is made there. CPU by default.
+DEVICE = torch.device(os.environ.get("WAVEFIELD_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise pytest.UsageError("WAVEFIELD_TEST_DEVICE=cuda, but torch sees no CUDA device here")
+torch.set_default_device(DEVICE)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The device the suite runs on (WAVEFIELD_TEST_DEVICE, default cpu)."""
+    return DEVICE
+
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):

@@ -177,8 +177,8 @@ def get_batch(tokens, step: int, a: TrainArgs, rank: int, world: int):
     """Rank `rank`'s batch for `step`: (x, y) of shape (B, seq_len), y shifted by one."""
     shard = len(tokens) // world
     lo = rank * shard
-    g = torch.Generator().manual_seed(a.seed * 1_000_003 + step * 4099 + rank)
-    offsets = lo + torch.randint(0, shard - a.seq_len - 1, (a.batch_size,), generator=g)
+    g = torch.Generator(device="cpu").manual_seed(a.seed * 1_000_003 + step * 4099 + rank)
+    offsets = lo + torch.randint(0, shard - a.seq_len - 1, (a.batch_size,), generator=g, device="cpu")
     chunk = torch.from_numpy(np.stack([np.asarray(tokens[o:o + a.seq_len + 1], dtype=np.int64) for o in offsets.tolist()]))
     return chunk[:, :-1], chunk[:, 1:]  # (B, N) each
 

@@ -144,7 +144,8 @@ class WaveFieldAttention(nn.Module):
         # The chunked path continues from a state exactly, so the input runs in tiles of about
         # tile_size tokens, projections included: a tile's intermediates stay in cache and extra
         # memory is O(tile). Long sequences are cut along time, short ones grouped by sample.
-        group = max(1, self.tile_size // N)
+        # On a GPU, groups run one after another would leave it idle: the batch stays whole there.
+        group = max(1, self.tile_size // N) if x.device.type == "cpu" else B
         if B <= group:
             return self._tiles(x, state, path, self.tile_size, return_state)
         pieces = x.split(group, dim=0)  # split, not slices: one gradient copy, not one per piece

@@ -39,20 +39,24 @@ def causal_conv_backward(grad, x, history, weight, need_history: bool = True, ou
     return grad_x, grad_history, grad_weight, grad.sum((0, 2))
 
 
-def _lag_dot(grad, x, history, lag: int):
+def _lag_dot(grad, x, history, lag: int, per_sample: bool | None = None):
     """sum over batch and t of grad[t] * input[t - lag] per channel, input[t < 0] from history: (C,).
 
-    One sample at a time: for a batch of one, einsum reads both operands in place, while over
-    a larger batch it first copies them into channel-major order (at batch 16, most of a
-    training step's conv time; measured on one CPU thread, 2-7x slower per lag)."""
+    On CPUs one sample at a time: for a batch of one, einsum reads both operands in place, while
+    over a larger batch it first copies them into channel-major order (at batch 16, most of a
+    training step's conv time; measured on one CPU thread, 2-7x slower per lag). On a GPU the
+    copy is cheap and a Python loop over samples is not: one batched einsum there. per_sample
+    None means: per sample on CPUs only."""
     N = x.shape[-1]
     n = min(lag, N)  # outputs t < lag read the history
     start = history.shape[-1] - lag
+    per_sample = x.device.type == "cpu" if per_sample is None else per_sample
+    samples = [slice(b, b + 1) for b in range(x.shape[0])] if per_sample else [slice(None)]
     total = grad.new_zeros(grad.shape[1])
-    for b in range(x.shape[0]):
-        g = grad[b : b + 1]  # (1, C, N)
-        total += torch.einsum("bct,bct->c", g[..., lag:], x[b : b + 1, :, : max(N - lag, 0)])  # outputs that read x
-        total += torch.einsum("bct,bct->c", g[..., :n], history[b : b + 1, :, start : start + n])
+    for b in samples:
+        g = grad[b]  # (1, C, N) on CPUs, (B, C, N) elsewhere
+        total += torch.einsum("bct,bct->c", g[..., lag:], x[b, :, : max(N - lag, 0)])  # outputs that read x
+        total += torch.einsum("bct,bct->c", g[..., :n], history[b, :, start : start + n])
     return total
 
 

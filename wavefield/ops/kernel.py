@@ -11,8 +11,14 @@ in (0, 1], so it can neither vanish nor blow up when the oscillation cancels its
 All functions here take the physical parameters (omega, alpha, phi), each of shape (H,), and
 compute in float64: omega * t loses a whole radian of phase in float32 once t reaches a few
 million, so the powers are formed in double precision and handed back as float32 / complex64.
+
+Precision policy: the propagation (every path, both deposits) runs inside `exact_float32`, in
+IEEE float32 whatever the caller chose: autocast off, and on CUDA no TF32 in its matmuls
+(TF32 keeps 10 mantissa bits, so the paths would agree only to about 1e-3, not to float32
+round-off). The projections, MLPs and output head follow the caller's settings.
 """
 
+import contextlib
 import math
 
 import torch
@@ -74,3 +80,19 @@ def lower_toeplitz(values: torch.Tensor, shift: int = 0) -> torch.Tensor:
 def reach(alpha: torch.Tensor, level: float = math.exp(-1)) -> torch.Tensor:
     """Distance in tokens at which the envelope exp(-alpha t) falls to `level`."""
     return -math.log(level) / alpha
+
+
+@contextlib.contextmanager
+def exact_float32(device_type: str):
+    """Autocast off and, on CUDA, TF32 off for the matmuls inside; the caller's settings come back after."""
+    if device_type != "cuda":
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -20,7 +20,7 @@ complex64 (rows indexed by key channels, columns by value channels). Three exact
 
 import torch
 
-from .kernel import lower_toeplitz, read_weights, wave_kernel, wave_powers
+from .kernel import exact_float32, lower_toeplitz, read_weights, wave_kernel, wave_powers
 
 OUTER_PATHS = ("quadratic", "chunked", "recurrent")
 
@@ -100,7 +100,7 @@ def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked
     """
     if path not in OUTER_PATHS:
         raise ValueError(f"unknown outer-deposit path {path!r}; expected one of {OUTER_PATHS}")
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with exact_float32(q.device.type):  # IEEE float32: no autocast, no TF32 (ops.kernel)
         q, k, v = q.float(), k.float(), v.float()
         if path == "quadratic":
             y = outer_quadratic(q, k, v, omega, alpha, phi, state)

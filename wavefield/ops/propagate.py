@@ -21,7 +21,7 @@ lambda^N * s + sum_t lambda^(N-1-t) u[t].
 import torch
 import torch.nn.functional as F
 
-from .kernel import lower_toeplitz, next_fast_len, read_weights, wave_kernel, wave_powers
+from .kernel import exact_float32, lower_toeplitz, next_fast_len, read_weights, wave_kernel, wave_powers
 
 PATHS = ("fft", "chunked", "recurrent")
 
@@ -131,7 +131,7 @@ def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chu
     """
     if path not in PATHS:
         raise ValueError(f"unknown wave path {path!r}; expected one of {PATHS}")
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with exact_float32(u.device.type):  # IEEE float32: no autocast, no TF32 (ops.kernel)
         u = u.float()
         if path == "chunked":
             return _chunked(u, omega, alpha, phi, state, chunk_size, return_state)
