@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
 
-.PHONY: install test demo gpu-check
+.PHONY: install test lint format demo gpu-check
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -20,6 +20,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff, configured in pyproject.toml: `make lint` checks (CI runs it), `make format` rewrites
+lint: install
+	$(BIN)/ruff check wavefield tests
+	$(BIN)/ruff format --check wavefield tests
+
+format: install
+	$(BIN)/ruff check --fix wavefield tests
+	$(BIN)/ruff format wavefield tests
 
 # On a machine with a GPU: the whole suite on CUDA, then a short speed run there.
 gpu-check: install
