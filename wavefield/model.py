@@ -25,6 +25,12 @@ from .ops import linear_cross_entropy
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+def physical_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """omega, alpha, phi (unconstrained) of every wave layer in `module`: what weight decay
+    skips and what trains at its own learning rate (train.param_groups)."""
+    return [p for m in module.modules() if isinstance(m, WaveFieldAttention) for p in m.physical_parameters()]
+
+
 class MLP(nn.Module):
     def __init__(self, d_model: int, hidden: int, dropout: float):
         super().__init__()
@@ -47,7 +53,7 @@ class Block(nn.Module):
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
                 deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, gate=cfg.wave_gate,
             )
-            for p in (self.mixer.omega_raw, self.mixer.alpha_raw, self.mixer.phi):
+            for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
         else:
             self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)

@@ -98,6 +98,11 @@ class WaveFieldAttention(nn.Module):
         self.alpha_raw = nn.Parameter(torch.log(torch.expm1(alpha - ALPHA_MIN)).float())  # softplus + floor
         self.phi = nn.Parameter(torch.zeros(n_heads))
 
+    def physical_parameters(self) -> list[nn.Parameter]:
+        """The three physical parameters per head, unconstrained: omega_raw, alpha_raw, phi. The
+        one place that names them (weight decay, freezing, their learning rate, diagnostics)."""
+        return [self.omega_raw, self.alpha_raw, self.phi]
+
     @property
     def omega(self) -> torch.Tensor:
         """Frequency in radians per token, in (0, pi): (H,)."""
