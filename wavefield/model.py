@@ -52,6 +52,7 @@ class Block(nn.Module):
                 reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
                 deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, gate=cfg.wave_gate,
+                tile_size=cfg.tile_size, recompute=cfg.recompute, implementation=cfg.wave_implementation,
             )
             for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
