@@ -30,6 +30,7 @@ from ..config import WaveFieldConfig
 from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
+from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 from ..errors import UserError
@@ -252,7 +253,7 @@ def bench_train(s: Settings, device: torch.device):
     for name, cfg in lm_configs(s).items():
         torch.manual_seed(0)
         model = WaveFieldLM(cfg).to(device).train()
-        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+        models[name] = (model, make_optimizer(model, lr=1e-4, weight_decay=DEFAULTS["weight_decay"]))
     for length in s.train_lengths:
         batch = max(1, s.train_tokens // length)
         ids = torch.randint(0, s.vocab_size, (batch, length + 1), device=device)
