@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from wavefield.checkpoint import load_checkpoint
 from wavefield.cli import main
-from wavefield.train import TrainArgs, lr_at, param_groups
+from wavefield.train import lr_at, make_optimizer, param_groups, set_lr
 
 
 def read_metrics(out, kind="train"):
@@ -65,20 +65,37 @@ def test_run_folder_holds_checkpoint_curve_and_no_pickle(trained_run):
 
 
 def test_schedule_and_weight_decay_groups():
-    a = TrainArgs(lr=1.0, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1)
-    lrs = [lr_at(s, a) for s in range(130)]
+    lrs = [lr_at(s, lr=1.0, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1) for s in range(130)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))  # never rises after warm-up
     assert lrs[110] == pytest.approx(0.1) and lrs[129] == pytest.approx(0.1)
     from wavefield import WaveFieldConfig, WaveFieldLM
 
     model = WaveFieldLM(WaveFieldConfig(vocab_size=50, d_model=8, n_layers=2, n_heads=2, layer_types=["wave", "attention"]))
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay, physical = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    skipped = {names[id(p)].split(".")[-1] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and physical["weight_decay"] == 0.0
+    skipped = {names[id(p)].split(".")[-1] for p in no_decay["params"] + physical["params"]}
     assert skipped == {"omega_raw", "alpha_raw", "phi", "bias", "weight"}  # weight: the norms' gains
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 or names[id(p)].endswith(("omega_raw", "alpha_raw", "phi")) for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+
+
+def test_the_physical_parameters_and_only_they_skip_decay_and_take_their_own_rate():
+    from wavefield import WaveFieldConfig, WaveFieldLM
+    from wavefield.model import physical_parameters
+
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=50, d_model=8, n_layers=3, n_heads=2, layer_types=["wave", "attention", "wave"]))
+    waves = [model.blocks[0].mixer, model.blocks[2].mixer]
+    marked = [p for m in waves for p in (m.omega_raw, m.alpha_raw, m.phi)]
+    assert [id(p) for p in physical_parameters(model)] == [id(p) for p in marked]
+    groups = param_groups(model, 0.1, physical_lr_scale=0.25)
+    assert [id(p) for p in groups[2]["params"]] == [id(p) for p in marked]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.25] and groups[2]["weight_decay"] == 0.0
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+    optimizer = make_optimizer(model, lr=0.1, weight_decay=0.1, physical_lr_scale=0.25)
+    set_lr(optimizer, 0.02)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.02, 0.02, 0.005]
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_flags):

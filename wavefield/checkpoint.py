@@ -22,7 +22,7 @@ from .model import WaveFieldLM
 from .errors import MissingError, UserError
 
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the optimizer holds the physical parameters in a third group (train.param_groups)
 
 
 def checkpoint_dir(path) -> Path:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from .errors import UserError
+from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
 
 LAYER_TYPES = ("wave", "attention")
 FEATURE_MAPS = ("identity", "silu", "elu1")
@@ -34,6 +35,16 @@ class WaveFieldConfig:
     # wave layers: "auto" takes the recurrence for a few tokens (decoding), chunked otherwise
     wave_path: str = "auto"
     chunk_size: int = 64
+    # wave layers: the chunked path runs its input in tiles of about tile_size tokens
+    # (projections included), so a forward pass's extra memory does not grow with the length
+    tile_size: int = 2048
+    # wave layers, the memory policy of training: what backward recomputes instead of keeping:
+    # "none", nothing; "field", the stage between the two projections; "tile", the whole tile
+    recompute: str = "field"
+    # wave layers: the field stage as one fused op ("fused": channel deposits without wave_norm,
+    # recompute "field" or "tile") or composed from autograd ops ("reference", any option);
+    # "auto" takes the fused op where it can
+    wave_implementation: str = "auto"
     # wave layers: "channel" deposits f(k) * v (a d-vector field per head); "outer" deposits the
     # outer product f(k) v^T (a d x d field per head, read with f(q)); for "outer" the "fft" path
     # is the quadratic whole-sequence form and "auto" takes the chunked one
@@ -70,11 +81,19 @@ class WaveFieldConfig:
             (self.wave_path in WAVE_PATHS, f"wave_path must be one of {WAVE_PATHS}, got {self.wave_path!r}"),
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
             (self.wave_deposit in WAVE_DEPOSITS, f"wave_deposit must be one of {WAVE_DEPOSITS}, got {self.wave_deposit!r}"),
+            (self.tile_size >= 1, f"tile_size must be >= 1, got {self.tile_size}"),
+            (self.recompute in RECOMPUTE, f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}"),
+            (self.wave_implementation in IMPLEMENTATIONS, f"wave_implementation must be one of {IMPLEMENTATIONS}, got {self.wave_implementation!r}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        if "wave" in self.layer_types:
+            try:
+                field_implementation(self.wave_implementation, self.wave_deposit, self.wave_norm, self.recompute)
+            except ValueError as e:
+                raise UserError(f"wave_implementation: {e}") from None
         if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
 

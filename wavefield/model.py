@@ -25,6 +25,12 @@ from .ops import linear_cross_entropy
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+def physical_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """omega, alpha, phi (unconstrained) of every wave layer in `module`: what weight decay
+    skips and what trains at its own learning rate (train.param_groups)."""
+    return [p for m in module.modules() if isinstance(m, WaveFieldAttention) for p in m.physical_parameters()]
+
+
 class MLP(nn.Module):
     def __init__(self, d_model: int, hidden: int, dropout: float):
         super().__init__()
@@ -46,8 +52,9 @@ class Block(nn.Module):
                 reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
                 chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
                 deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, gate=cfg.wave_gate,
+                tile_size=cfg.tile_size, recompute=cfg.recompute, implementation=cfg.wave_implementation,
             )
-            for p in (self.mixer.omega_raw, self.mixer.alpha_raw, self.mixer.phi):
+            for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
         else:
             self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
@@ -94,15 +101,30 @@ class WaveFieldLM(nn.Module):
         if state is not None and (not isinstance(state, (list, tuple)) or len(state) != len(self.blocks)):
             raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)}), as returned with return_state=True")
 
-    def forward(self, input_ids, state=None, return_state: bool = False, targets=None):
+    @staticmethod
+    def _check_positions(positions, input_ids, targets):
+        B, N = input_ids.shape
+        if targets is not None:
+            raise ValueError("logits_at and targets exclude each other: targets return the loss, not logits")
+        if not isinstance(positions, torch.Tensor) or positions.dtype != torch.int64 or positions.dim() != 2 or positions.shape[0] != B:
+            raise ValueError(f"logits_at must be an int64 tensor of positions (batch {B}, K), got {getattr(positions, 'dtype', type(positions).__name__)} "
+                             f"of shape {tuple(getattr(positions, 'shape', ()))}")
+        if positions.numel() and (positions.min() < 0 or positions.max() >= N):
+            raise ValueError(f"logits_at positions must lie in [0, {N}), got [{positions.min().item()}, {positions.max().item()}]")
+
+    def forward(self, input_ids, state=None, return_state: bool = False, targets=None, logits_at=None):
         """input_ids (B, N) -> logits (B, N, vocab) float; with return_state, (logits, state).
 
         With targets (B, N) (next-token ids, IGNORE_INDEX where nothing is predicted) the result
         is instead the mean cross-entropy, computed without materialising the logits
-        (ops.linear_cross_entropy): this is how training calls the model."""
+        (ops.linear_cross_entropy): this is how training calls the model.
+        With logits_at, positions (B, K) int64 in [0, N), the output head runs at those
+        positions only and the logits are (B, K, vocab) (bench recall scores its answers so)."""
         self._check_inputs(input_ids, state)
         if targets is not None and (return_state or targets.shape != input_ids.shape):
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} and come without return_state")
+        if logits_at is not None:
+            self._check_positions(logits_at, input_ids, targets)
         x = self.drop(self.embed(input_ids))  # (B, N, D)
         state = list(state) if state is not None else [None] * len(self.blocks)
         if input_ids.shape[1] > 0:
@@ -110,7 +132,9 @@ class WaveFieldLM(nn.Module):
                 x, state[i] = block(x, state[i], return_state)
         if targets is not None:
             return linear_cross_entropy(self.norm(x), self.embed.weight, targets)
-        logits = F.linear(self.norm(x), self.embed.weight)  # (B, N, vocab), tied to the embedding
+        if logits_at is not None:
+            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        logits = F.linear(self.norm(x), self.embed.weight)  # (B, N or K, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ from .data import Tokenizer, load_corpus, prepare_data
 from .evaluate import evaluate_tokens, summarize
 from .info import head_physics
 from .io import atomic_path, write_text_atomic
-from .model import WaveFieldLM
+from .model import WaveFieldLM, physical_parameters
 from .errors import MissingError, UserError
 
 PRESETS = {
@@ -46,7 +46,6 @@ PRESETS = {
     "base": {"model": dict(d_model=512, n_layers=6, n_heads=8),
              "train": dict(seq_len=512, batch_size=32, lr=6e-4, max_steps=20000, eval_interval=500)},
 }
-NO_DECAY = ("omega_raw", "alpha_raw", "phi")  # the wave's physical parameters
 # flags that may change when a run is resumed; every other one must match the checkpoint
 CHANGEABLE = ("max_steps", "device", "compile", "log_physics", "eval_interval", "checkpoint_interval", "log_interval", "cache_dir", "eval_windows")
 
@@ -157,20 +156,34 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
     return TrainArgs(**filled), cfg, saved
 
 
-def lr_at(step: int, a: TrainArgs) -> float:
+def lr_at(step: int, lr: float, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
     """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at decay_steps, flat after."""
-    if step < a.warmup_steps:
-        return a.lr * (step + 1) / a.warmup_steps
-    progress = min(1.0, (step - a.warmup_steps) / max(1, a.decay_steps - a.warmup_steps))
-    return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if step < warmup_steps:
+        return lr * ((step + 1) / warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases, or the wave parameters."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model, weight_decay: float, physical_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, or the wave's physical parameters,
+    which form a group of their own at physical_lr_scale times the learning rate (see set_lr)."""
+    physical = physical_parameters(model)
+    ids = {id(p) for p in physical}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": physical, "weight_decay": 0.0, "lr_scale": physical_lr_scale}]
+
+
+def make_optimizer(model, lr: float, weight_decay: float, physical_lr_scale: float = 1.0, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW over param_groups: what `wavefield train` and bench recall train with."""
+    return torch.optim.AdamW(param_groups(model, weight_decay, physical_lr_scale), lr=lr, betas=betas, eps=1e-8)
+
+
+def set_lr(optimizer, lr: float):
+    """Every group at lr times its lr_scale."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_scale"]
 
 
 def get_batch(tokens, step: int, a: TrainArgs, rank: int, world: int):
@@ -308,7 +321,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
         cfg = WaveFieldConfig(**{**PRESETS[a.preset]["model"], **a.model, "vocab_size": data.tokenizer.vocab_size})
     model = WaveFieldLM.from_pretrained(ckpt) if saved else WaveFieldLM(cfg)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = make_optimizer(model, a.lr, a.weight_decay)
     start = 0
     if saved:
         load_training_state(ckpt, optimizer, saved, rank)
@@ -333,9 +346,8 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
     tokens_per_step, last_good, t0 = a.batch_size * a.seq_len * world, (start if saved else None), time.perf_counter()
     try:
         for step in range(start, a.max_steps):
-            lr = lr_at(step, a)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            lr = lr_at(step, a.lr, a.warmup_steps, a.decay_steps, a.min_lr_ratio)
+            set_lr(optimizer, lr)
             x, y = (t.to(device) for t in get_batch(train_tokens, step, a, rank, world))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16):
                 loss = run(x, targets=y)  # mean next-token cross-entropy, float32

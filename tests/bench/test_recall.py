@@ -50,6 +50,21 @@ def test_answer_logits_are_the_model_logits_at_the_answers():
     assert acc == (full[mask].argmax(-1) == targets[mask]).double().mean().item()
 
 
+def test_the_model_computes_its_logits_at_chosen_positions_only():
+    model = WaveFieldLM(recall_config("hybrid", RecallTask(32, 4, vocab_size=64), d_model=16, n_heads=2)).eval()
+    ids = torch.randint(0, 64, (2, 11))
+    positions = torch.tensor([[10, 0, 3, 3], [5, 6, 1, 9]])  # any order, repeats allowed
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_at=positions), full.gather(1, positions[..., None].expand(-1, -1, 64)))
+        assert model(ids, logits_at=positions[:, :0]).shape == (2, 0, 64)
+    for bad, needle in [(positions[:1], "batch 2"), (positions.int(), "int64"), (positions + 2, "lie in"), (positions[0], "int64")]:
+        with pytest.raises(ValueError, match=needle):
+            model(ids, logits_at=bad)
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(ids, targets=ids, logits_at=positions)
+
+
 def test_model_kinds_have_the_layers_they_name():
     task = RecallTask(64, 4)
     assert recall_config("wave", task).layer_types == ["wave", "wave"]

@@ -86,7 +86,7 @@ def test_short_sequences_are_grouped_by_sample_with_the_same_result(short_conv):
 def test_recompute_gives_the_same_gradients(recompute, deposit):
     """What backward recomputes instead of keeping changes no gradient."""
     torch.manual_seed(2)
-    plain = WaveFieldAttention(16, 2, tile_size=9, recompute="none", deposit=deposit)
+    plain = WaveFieldAttention(16, 2, tile_size=9, recompute="none", deposit=deposit, implementation="reference")
     lean = WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, deposit=deposit)
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(2, 40, 16)
@@ -97,6 +97,68 @@ def test_recompute_gives_the_same_gradients(recompute, deposit):
         grads.append([xg.grad, *(p.grad for p in layer.parameters())])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recompute", ["none", "field", "tile"])
+def test_fused_and_reference_field_agree_under_every_recompute_policy(recompute):
+    """The fused op and its autograd composition, each under a memory policy, against the
+    composition keeping everything: the same output, state and gradients. The fused op always
+    recomputes the field in backward, so it refuses recompute="none"."""
+    torch.manual_seed(5)
+    base = WaveFieldAttention(16, 2, tile_size=9, recompute="none", implementation="reference")
+    layers = [WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, implementation="reference")]
+    if recompute == "none":
+        with pytest.raises(ValueError, match="fused field stage needs .* recompute 'field' or 'tile'"):
+            WaveFieldAttention(16, 2, recompute=recompute, implementation="fused")
+    else:
+        layers.append(WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, implementation="fused"))
+    assert [layer.implementation for layer in layers] == ["reference", "fused"][: len(layers)]
+    x = torch.randn(2, 40, 16)
+    runs = []
+    for layer in [base, *layers]:
+        layer.load_state_dict(base.state_dict())
+        xg = x.clone().requires_grad_()
+        out, state = layer(xg, return_state=True)
+        (out.square().sum() + state["field"].abs().square().sum()).backward()
+        runs.append([out, state["field"], state["conv"], xg.grad, *(p.grad for p in layer.parameters())])
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_auto_takes_the_fused_field_where_it_can_and_fused_is_refused_where_it_cannot():
+    assert WaveFieldAttention(16, 2).implementation == "fused"
+    assert WaveFieldAttention(16, 2, recompute="tile").implementation == "fused"
+    assert WaveFieldAttention(16, 2, recompute="none").implementation == "reference"
+    assert WaveFieldAttention(16, 2, deposit="outer").implementation == "reference"
+    assert WaveFieldAttention(16, 2, norm=True).implementation == "reference"
+    for options in [dict(deposit="outer"), dict(norm=True), dict(recompute="none")]:
+        with pytest.raises(ValueError, match="fused field stage needs"):
+            WaveFieldAttention(16, 2, implementation="fused", **options)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        WaveFieldAttention(16, 2, implementation="fast")
+    with pytest.raises(ValueError, match="tile_size must be >= 1"):
+        WaveFieldAttention(16, 2, tile_size=0)
+
+
+def test_config_chooses_tile_size_recompute_and_implementation_and_saves_them(tmp_path):
+    from wavefield import WaveFieldConfig, WaveFieldLM
+    from wavefield.errors import UserError
+
+    cfg = WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, tile_size=7, recompute="tile", wave_implementation="reference")
+    model = WaveFieldLM(cfg)
+    assert [(b.mixer.tile_size, b.mixer.recompute, b.mixer.implementation) for b in model.blocks] == [(7, "tile", "reference")] * 2
+    model.save_pretrained(tmp_path)
+    assert WaveFieldLM.from_pretrained(tmp_path).config == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("tile_size", "recompute", "wave_implementation")}
+    assert WaveFieldConfig.from_dict(old) == WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2)  # a config saved before them
+    assert WaveFieldLM(WaveFieldConfig.from_dict(old)).blocks[0].mixer.implementation == "fused"
+    for bad, needle in [(dict(recompute="all"), "recompute must be one of"), (dict(tile_size=0), "tile_size must be >= 1"),
+                        (dict(wave_implementation="fast"), "wave_implementation must be one of"),
+                        (dict(wave_implementation="fused", wave_norm=True), "fused field stage needs")]:
+        with pytest.raises(UserError, match=needle):
+            WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, **bad)
+    WaveFieldConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, layer_types=["attention"], wave_implementation="fused", wave_norm=True)
 
 
 def test_outer_deposit_keeps_a_matrix_field_per_head():

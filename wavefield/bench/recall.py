@@ -16,7 +16,6 @@ and keeps, per model and task, the best learning rate (as Zoology reports its sw
 
 import dataclasses
 import json
-import math
 import platform
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from ..config import WaveFieldConfig
 from ..io import write_text_atomic
 from ..model import WaveFieldLM
+from ..train import lr_at, make_optimizer, set_lr
 from ..errors import UserError
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
@@ -113,11 +113,8 @@ def answer_logits(model: WaveFieldLM, inputs, targets):
     """Logits at the answer positions only (M, vocab) and their targets (M,): the output head
     runs on M = batch * n_pairs rows instead of every token."""
     inputs, targets = inputs.to(model.embed.weight.device), targets.to(model.embed.weight.device)
-    x = model.embed(inputs)  # (B, N, D)
-    for block in model.blocks:
-        x, _ = block(x)
-    mask = targets != IGNORE
-    return F.linear(model.norm(x[mask]), model.embed.weight), targets[mask]
+    positions = (targets != IGNORE).nonzero()[:, 1].view(len(targets), -1)  # (B, n_pairs): each sequence has n_pairs answers
+    return model(inputs, logits_at=positions).flatten(0, 1), targets.gather(1, positions).flatten()
 
 
 @torch.no_grad()
@@ -131,33 +128,16 @@ def recall_accuracy(model: WaveFieldLM, inputs, targets, batch_size: int = 100) 
     return hits / total
 
 
-def _optimizer(model: WaveFieldLM, lr: float, budget: RecallBudget):
-    """AdamW; weight decay on matrices only; the physical wave parameters at their own rate."""
-    physical = [p for n, p in model.named_parameters() if n.endswith(("omega_raw", "alpha_raw", "phi"))]
-    ids = {id(p) for p in physical}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": budget.weight_decay, "lr": lr},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
-        {"params": physical, "weight_decay": 0.0, "lr": lr * budget.physical_lr_scale},
-    ]
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    return torch.optim.AdamW(groups, betas=(0.9, 0.98))
-
-
 def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, lr: float, seed: int, test, log=None, device="cpu") -> dict:
     """Train one model on fresh MQAR batches, then score it on `test` = (inputs, targets)."""
     torch.manual_seed(seed)
     model = WaveFieldLM(cfg).to(device)
-    opt = _optimizer(model, lr, budget)
+    opt = make_optimizer(model, lr, budget.weight_decay, budget.physical_lr_scale, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(1_000_003 * seed + 1)  # training data: its own stream per seed
     warm = max(1, int(budget.warmup * budget.steps))
     losses, start = [], time.perf_counter()
     for step in range(budget.steps):
-        scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, budget.steps - warm)))
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * scale
+        set_lr(opt, lr_at(step, lr, warm, budget.steps, min_lr_ratio=0.0))
         model.train()
         logits, answers = answer_logits(model, *mqar(budget.batch_size, task, gen))
         loss = F.cross_entropy(logits, answers)

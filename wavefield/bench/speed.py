@@ -17,12 +17,10 @@ Output: one JSON record per measurement (op, n, mode, seconds, peak_mb, skipped,
 markdown report and PNG plots.
 """
 
-import argparse
 import json
 import math
 import os
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from ..config import WaveFieldConfig
 from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
+from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 from ..errors import UserError
@@ -254,7 +253,7 @@ def bench_train(s: Settings, device: torch.device):
     for name, cfg in lm_configs(s).items():
         torch.manual_seed(0)
         model = WaveFieldLM(cfg).to(device).train()
-        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+        models[name] = (model, make_optimizer(model, lr=1e-4, weight_decay=DEFAULTS["weight_decay"]))
     for length in s.train_lengths:
         batch = max(1, s.train_tokens // length)
         ids = torch.randint(0, s.vocab_size, (batch, length + 1), device=device)
@@ -345,87 +344,3 @@ def run_speed(s: Settings, out_dir, json_path=None) -> dict:
     write_text_atomic(out_dir / "speed.md", write_report(results))
     write_plots(results, out_dir)
     return results
-
-
-def add_cli(benchmarks):
-    """`wavefield bench speed ...`: the arguments map one to one onto Settings."""
-    p = benchmarks.add_parser("speed", help="speed and memory of the wave mixer and model against attention peers")
-    p.add_argument("--ops", type=_choices(MIXERS), default=None, help=f"comma-separated mixers from {','.join(MIXERS)}")
-    p.add_argument("--lengths", type=_ints, default=None, help="comma-separated sequence lengths, e.g. 512,8192,32768")
-    p.add_argument("--modes", type=_choices(MODES), default=None, help="forward and/or backward (= forward + backward)")
-    p.add_argument("--parts", type=_choices(PARTS), default=None, help=f"comma-separated parts from {','.join(PARTS)}")
-    p.add_argument("--json", dest="json_path", default=None, help="JSON output file (default OUT/speed.json)")
-    p.add_argument("--out", default="bench-results", help="folder for speed.json, speed.md and plots")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
-    for name, kind in (("d-model", int), ("n-heads", int), ("batch", int), ("repeats", int), ("threads", int),
-                       ("max-seconds", float), ("max-memory-gb", float), ("long-length", int)):
-        p.add_argument(f"--{name}", type=_positive(kind), default=None)
-    p.add_argument("--decode-contexts", type=_ints, default=None, help="comma-separated prompt lengths for decoding")
-    p.add_argument("--train-lengths", type=_ints, default=None, help="comma-separated training sequence lengths")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.set_defaults(run=cli_speed)
-
-
-def cli_speed(args) -> int:
-    s = Settings(**(QUICK if args.quick else {}))
-    for name in ("ops", "lengths", "modes", "parts", "d_model", "n_heads", "batch", "repeats", "threads", "max_seconds",
-                 "max_memory_gb", "long_length", "decode_contexts", "train_lengths"):
-        if getattr(args, name) is not None:
-            setattr(s, name, getattr(args, name))
-    if s.d_model % s.n_heads or (s.d_model // s.n_heads) % 2:
-        raise SystemExit(_usage_error(f"--d-model {s.d_model} must split into --n-heads {s.n_heads} heads of even size"))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(_usage_error(f"--device {args.device}: CUDA is not available here"))
-    s.device = args.device
-    run_speed(s, args.out, args.json_path)
-    print(f"wrote {args.json_path or Path(args.out) / 'speed.json'}, {Path(args.out) / 'speed.md'} and plots in {args.out}")
-    return 0
-
-
-def _usage_error(message: str, prog: str = "wavefield bench speed") -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _split(text: str) -> list:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise UserError("empty list")
-    return items
-
-
-def _ints(text: str) -> tuple:
-    try:
-        values = tuple(int(t) for t in _split(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"lengths must be >= 1, got {text!r}")
-    return values
-
-
-def _choices(allowed):
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(_split(text))
-        except ValueError:
-            values = ()
-        bad = [v for v in values if v not in allowed] or ([] if values else [text])
-        if bad:
-            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {','.join(allowed)}")
-        return values
-
-    return parse
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    return parse

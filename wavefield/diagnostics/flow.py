@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from ..layers import WaveFieldAttention
 from ..layers.attention import rotary
 from ..ops import propagate
 from ..ops.kernel import wave_kernel
@@ -26,7 +27,7 @@ from ..ops.kernel import wave_kernel
 
 def wave_mixers(model):
     """[(layer index, WaveFieldAttention)] for the wave layers of a WaveFieldLM."""
-    return [(i, block.mixer) for i, block in enumerate(model.blocks) if hasattr(block.mixer, "omega_raw")]
+    return [(i, block.mixer) for i, block in enumerate(model.blocks) if isinstance(block.mixer, WaveFieldAttention)]
 
 
 @torch.no_grad()
@@ -91,7 +92,7 @@ def mixing_terms(mixer, x: torch.Tensor):
     Returns read (N, D), weights (H, N, N) (zero above the diagonal), values (N, D).
     """
     N, D = x.shape
-    if hasattr(mixer, "omega_raw"):
+    if isinstance(mixer, WaveFieldAttention):
         u, read = wave_deposits(mixer, x)
         kernel = wave_kernel(mixer.omega, mixer.alpha, mixer.phi, N)  # (H, N)
         lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (N, N): t - s

@@ -33,7 +33,8 @@ from ..ops.field import FEATURE_MAPS
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 DEPOSITS = ("channel", "outer")
-RECOMPUTE = ("none", "field", "tile")
+RECOMPUTE = ("none", "field", "tile")  # what backward recomputes instead of keeping (see the constructor)
+IMPLEMENTATIONS = ("auto", "fused", "reference")  # of the field stage (see field_implementation)
 
 
 def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float, omega_scale: float = 1.0):
@@ -47,6 +48,25 @@ def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float,
     frac = (torch.arange(n_heads, dtype=torch.float64) + (layer_index + 0.5) / n_layers) / n_heads
     reach = reach_min * (reach_max / reach_min) ** frac  # (H,)
     return omega_scale * math.pi / (1.0 + reach), 1.0 / reach
+
+
+def field_implementation(implementation: str, deposit: str, norm: bool, recompute: str) -> str:
+    """The field stage's implementation, "fused" or "reference", for the layer options given.
+
+    "fused" is one op with a hand-written backward (ops.gated_field) that keeps only the
+    projections and recomputes the rest: it needs channel deposits without norm, and a memory
+    policy that recomputes the field ("field" or "tile"). "reference" composes autograd ops and
+    works with every option. "auto" takes "fused" wherever it can."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
+    fusable = deposit == "channel" and not norm and recompute != "none"
+    if implementation == "fused" and not fusable:
+        raise ValueError(f"the fused field stage needs channel deposits without norm and recompute 'field' or 'tile' "
+                         f"(it always recomputes the field in backward); got deposit={deposit!r}, norm={norm}, recompute={recompute!r}: "
+                         f"use implementation 'reference' or 'auto'")
+    return "fused" if implementation == "fused" or (implementation == "auto" and fusable) else "reference"
 
 
 class WaveFieldAttention(nn.Module):
@@ -68,6 +88,7 @@ class WaveFieldAttention(nn.Module):
         norm: bool = False,
         omega_scale: float = 1.0,
         gate: bool = True,
+        implementation: str = "auto",
     ):
         super().__init__()
         if d_model % n_heads:
@@ -76,14 +97,16 @@ class WaveFieldAttention(nn.Module):
             raise ValueError(f"feature_map must be one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.short_conv, self.path, self.chunk_size, self.tile_size = short_conv, path, chunk_size, tile_size
-        # what backward recomputes instead of keeping: "none"; "field", everything between the
-        # two projections (conv, propagation, read and gate: cheap next to the matmuls);
-        # "tile", the whole tile from its input, so training memory stays O(tile)
-        if recompute not in RECOMPUTE:
-            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
-        self.recompute = recompute
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
         if deposit not in DEPOSITS:
             raise ValueError(f"deposit must be one of {DEPOSITS}, got {deposit!r}")
+        # the memory policy, what backward recomputes instead of keeping: "none", nothing;
+        # "field", everything between the two projections (conv, propagation, read and gate:
+        # cheap next to the matmuls); "tile", the whole tile from its input (memory O(tile)).
+        # The implementation of the field stage: "fused" or "reference" (field_implementation).
+        self.recompute = recompute
+        self.implementation = field_implementation(implementation, deposit, norm, recompute)
         self.feature_map, self.f = feature_map, FEATURE_MAPS[feature_map]
         self.deposit, self.norm = deposit, norm
 
@@ -97,6 +120,11 @@ class WaveFieldAttention(nn.Module):
         self.omega_raw = nn.Parameter(torch.logit(omega / math.pi).float())  # omega = pi * sigmoid
         self.alpha_raw = nn.Parameter(torch.log(torch.expm1(alpha - ALPHA_MIN)).float())  # softplus + floor
         self.phi = nn.Parameter(torch.zeros(n_heads))
+
+    def physical_parameters(self) -> list[nn.Parameter]:
+        """The three physical parameters per head, unconstrained: omega_raw, alpha_raw, phi. The
+        one place that names them (weight decay, freezing, their learning rate, diagnostics)."""
+        return [self.omega_raw, self.alpha_raw, self.phi]
 
     @property
     def omega(self) -> torch.Tensor:
@@ -171,7 +199,7 @@ class WaveFieldAttention(nn.Module):
     def _mix(self, x, state, path: str, need_state: bool):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         p = self._project(x)  # (B, 4D, N)
-        if self.deposit == "channel" and not self.norm and self.recompute != "none":
+        if self.implementation == "fused":
             field = self._gated_field  # one op; its backward recomputes what it needs from p
         elif self.recompute == "field" and torch.is_grad_enabled():
             field = partial(checkpoint, self._field, use_reentrant=False)
@@ -241,7 +269,7 @@ class WaveFieldAttention(nn.Module):
         return z, {"field": field, "conv": conv_state}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}, implementation={self.implementation!r}"
 
 
 def _cat(entries):

@@ -7,7 +7,7 @@ From the input projections p = W_in x (channel-major) to the gated read of the f
     y       = propagate(u)                 # the damped wave of each head (ops.propagate)
     z       = sigmoid(g) * f(q) * y        # read and gate (g = p[3D:]; no gate: z = f(q) * y)
 
-Composed from autograd ops (the reference: WaveFieldAttention with recompute="none") this
+Composed from autograd ops (the reference: WaveFieldAttention with implementation="reference") this
 stage is a dozen passes over (B, D, N) tensors, each allocating a fresh result, and its
 backward concatenates the gradients of q, k, v and g back into the gradient of p. Here
 forward keeps only p (plus the small state and parameters); backward recomputes the conv, the
