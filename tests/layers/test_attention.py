@@ -57,6 +57,18 @@ def test_branches_from_one_state_do_not_corrupt_each_other():
 
 
 @torch.no_grad()
+def test_a_state_cut_to_some_samples_continues_them():
+    attn, x = layer(3), torch.randn(2, 8, 16)
+    _, state = attn(x[:, :6], return_state=True)
+    _, state = attn(x[:, 6:7], state=state, return_state=True)  # the buffer now has room
+    for part in (slice(0, 1), slice(1, 2)):
+        cut = {**state, "k": state["k"][part], "v": state["v"][part]}
+        out, new = attn(x[part, 7:], state=cut, return_state=True)
+        assert new["k"].shape == (1, 2, 8, 8)
+        torch.testing.assert_close(out, attn(x[part])[:, 7:], atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
 def test_one_query_after_a_past_runs_without_a_mask(monkeypatch):
     """A single new token sees every key: SDPA is called without a mask (its fast kernel on CUDA)."""
     attn, x = layer(), torch.randn(1, 9, 16)

@@ -110,7 +110,10 @@ def _append(state, k, v) -> dict:
     is full, copy on write when another state of the same buffer has gone beyond this one."""
     T, N = (state["k"].shape[2] if state is not None else 0), k.shape[2]
     buf = state.get("buffer") if state is not None else None
-    if buf is None or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
+    # a state cut to some samples (or made by hand) is no view of the buffer it carries
+    views = buf is not None and buf.k.shape[0] == k.shape[0] and (
+        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+    if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
         buf = KVBuffer(k, max(T + N, 2 * T))  # a prompt's cache exactly; the first token after it doubles it
         if T:
             buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
