@@ -18,6 +18,9 @@ The field is the token axis itself, one cell per token, so nothing is ever inter
 State (for processing a long input in pieces, and for decoding one token at a time) is a
 dict: "field", the complex wave state (B, H, d) (or (B, H, d, d) for outer deposits), and
 "conv", the last short_conv - 1 inputs of the short convolution (B, short_conv - 1, 3D).
+
+`decompose` gives the forward term by term (deposits, kernel, complex field, read, gate): what
+diagnostics read, tested to reproduce the forward.
 """
 
 import math
