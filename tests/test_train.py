@@ -44,10 +44,10 @@ def test_validation_records_carry_each_heads_physics(trained_run):
     assert first["heads"][0]["phi"] != last["heads"][0]["phi"]  # the heads moved during training
 
 
-def test_log_physics_records_energy_and_the_parseval_check(trained_run):
+def test_log_physics_records_energy_and_the_path_agreement(trained_run):
     for record in read_metrics(trained_run, "val"):
         physics = record["physics"]
-        assert physics["parseval_passed"] and 0 <= physics["parseval_error"] <= 1e-5
+        assert physics["paths_agree"] and 0 <= physics["path_gap"] <= 1e-5
         assert [h["layer"] for h in physics["heads"]] == [h["layer"] for h in record["heads"]]
         for head in physics["heads"]:
             assert all(e > 0 for e in head["energy"]) and all(0 < d < 1 for d in head["dissipation"])

@@ -57,7 +57,7 @@ def add_train(commands):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
     p.add_argument("--log-physics", action="store_true", default=None,
-                   help="log each wave head's kernel energy and dissipation and the FFT path's Parseval check at every validation")
+                   help="log each wave head's kernel energy and dissipation and the FFT path's agreement with the chunked path at every validation")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -467,17 +467,18 @@ def add_diagnose(commands):
 
 
 def run_diagnose(args) -> int:
-    """Exit 0 when the Parseval check and the causality audit pass, 1 when one fails, 2 on bad input."""
+    """Exit 0 when the path-agreement check and the causality audit pass, 1 when one fails, 2 on bad input."""
     from .diagnostics.report import diagnose
 
     report = diagnose(args.dirs, out=args.out, prompt=args.prompt, json_path=args.json)
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     print(f"heads: {len(report['heads'])}, prompt: {len(report['prompt']['ids'])} tokens ({report['prompt']['tokenizer']})")
-    if report["parseval"]["layers"]:
-        print(f"Parseval check: {verdict(report['parseval']['passed'])} (largest gap {report['parseval']['max_error']:.2e})")
+    paths = report["path_agreement"]
+    if paths["layers"]:
+        print(f"path agreement (FFT vs chunked): {verdict(paths['passed'])} (largest gap {paths['max_gap']:.2e})")
     print(f"causality audit: {verdict(report['causality']['passed'])} (largest relative change before j {report['causality']['max_relative']:.2e})")
     print(f"report: {report['outputs']['html']}")
-    return 0 if report["parseval"]["passed"] and report["causality"]["passed"] else 1
+    return 0 if paths["passed"] and report["causality"]["passed"] else 1
 
 
 def main(argv=None) -> int:

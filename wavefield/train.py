@@ -74,7 +74,7 @@ class TrainArgs:
     log_interval: int | None = None
     device: str | None = None
     bf16: bool | None = None
-    log_physics: bool | None = None     # per validation: kernel energy, dissipation, Parseval check
+    log_physics: bool | None = None     # per validation: kernel energy, dissipation, path agreement
     compile: bool | None = None
     cache_dir: str | None = None
     resume: bool = False
@@ -201,7 +201,7 @@ def get_batch(tokens, step: int, a: TrainArgs, rank: int, world: int):
 def eval_record(model, step: int, val: dict, physics_ids=None) -> dict:
     """The periodic-validation record appended to metrics.jsonl. `model` is the bare
     WaveFieldLM; with physics_ids (N,) (--log-physics) it adds each head's kernel energy and
-    dissipation and the Parseval check of the FFT path on those tokens."""
+    dissipation and the agreement of the FFT path with the chunked path on those tokens."""
     record = {"type": "val", "step": step, **{f"val_{k}": v for k, v in val.items()}, "heads": head_physics(model)}
     if physics_ids is not None:
         from .diagnostics.energy import physics_summary

@@ -9,7 +9,7 @@ import torch
 
 from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.diagnostics import effective_attention, field_amplitude, head_physics, head_table, impulse_responses, wavefronts
-from wavefield.diagnostics.flow import contributions, mixer_inputs, wave_deposits, wave_mixers
+from wavefield.diagnostics.flow import contributions, mixer_inputs, wave_mixers
 
 
 def hybrid(**wave):
@@ -17,9 +17,10 @@ def hybrid(**wave):
     return WaveFieldLM(WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["wave", "attention"], **wave)).eval()
 
 
-@pytest.mark.parametrize("which", ["trained wave", "hybrid", "hybrid without the gate"])
+@pytest.mark.parametrize("which", ["trained wave", "hybrid", "hybrid without the gate", "hybrid with wave_norm"])
 def test_contributions_sum_to_the_mixer_output(trained_run, sample_ids, which):
-    model = {"trained wave": lambda: trained_run[1], "hybrid": hybrid, "hybrid without the gate": lambda: hybrid(wave_gate=False)}[which]()
+    model = {"trained wave": lambda: trained_run[1], "hybrid": hybrid, "hybrid without the gate": lambda: hybrid(wave_gate=False),
+             "hybrid with wave_norm": lambda: hybrid(wave_norm=True)}[which]()
     xs = mixer_inputs(model, sample_ids)
     for block, x in zip(model.blocks, xs):
         with torch.no_grad():
@@ -53,7 +54,7 @@ def test_field_amplitude_starts_at_the_first_deposit(trained_run, sample_ids):
     amp = field_amplitude(model, sample_ids)  # (L, H, N)
     xs = mixer_inputs(model, sample_ids)
     for k, (i, m) in enumerate(wave_mixers(model)):
-        u0 = wave_deposits(m, xs[i])[0][0].detach()  # (H, d): s[0] = u[0]
+        u0 = m.decompose(xs[i][None]).deposits[0, ..., 0].detach()  # (H, d): s[0] = u[0]
         gain = -torch.expm1(-m.alpha.detach())
         torch.testing.assert_close(amp[k, :, 0], gain * u0.pow(2).mean(-1).sqrt(), rtol=1e-4, atol=1e-7)
 
@@ -64,7 +65,7 @@ def test_wavefronts_are_the_damped_wave_of_each_deposit(trained_run, sample_ids)
     fronts = wavefronts(model, sample_ids)  # (T, L * H, N)
     N = len(sample_ids)
     xs = mixer_inputs(model, sample_ids)
-    size = torch.cat([wave_deposits(m, xs[i])[0].detach().norm(dim=-1).T for i, m in wave_mixers(model)])  # (L * H, N)
+    size = torch.cat([m.decompose(xs[i][None]).deposits[0].detach().norm(dim=1) for i, m in wave_mixers(model)])  # (L * H, N)
     lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (t, s)
     rows = []
     for r in head_table(head_physics(model)):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.cli import main
+from wavefield.diagnostics.report import diagnose
 from wavefield.data.tokenizer import train_bpe
 from wavefield.diagnostics import head_physics, head_table, kernel_energy
 from wavefield.diagnostics.sources import encode_prompt
@@ -33,7 +34,7 @@ def test_every_output_is_written(report):
     assert json.loads((out / "diagnostics.json").read_text()) == data
     assert data["prompt"]["ids"] == list(PROMPT.encode())
     assert "bytes" in data["prompt"]["tokenizer"]  # said so: no tokenizer in this folder
-    assert data["parseval"]["passed"] and data["causality"]["passed"]
+    assert data["path_agreement"]["passed"] and data["causality"]["passed"]
     assert len(data["causality"]["rows"]) == len(PROMPT)
     assert [r["class"] for r in data["heads"]] == [r["class"] for r in head_table(head_physics(model))]
     assert [h["step"] for h in data["history"]] == [0, 16, 32, 48]  # the validation records of metrics.jsonl
@@ -184,9 +185,22 @@ def test_report_opens_in_chromium(report, browser):
 
 
 def test_models_it_cannot_decompose_are_refused(tmp_path, capsys):
-    """Outer-product deposits and normalised read-outs are not a per-channel field: no silent figures."""
+    """Outer-product deposits are not a per-channel field: no silent figures."""
     model = WaveFieldLM(WaveFieldConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, wave_deposit="outer"))
     model.save_pretrained(tmp_path / "outer")
     assert main(["diagnose", str(tmp_path / "outer"), "--out", str(tmp_path / "report")]) == 2
     assert "wave_deposit='outer'" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_a_normalised_read_out_is_diagnosed_and_a_short_fft_fails_the_verdict(tmp_path):
+    """wave_norm=True decomposes too (the norm is a scale of the read). The report's verdict on
+    the FFT path comes from the path-agreement check: at FFT length N (circular) it fails."""
+    torch.manual_seed(0)
+    WaveFieldLM(WaveFieldConfig(vocab_size=256, d_model=16, n_layers=1, n_heads=2, wave_norm=True)).save_pretrained(tmp_path / "norm")
+    prompt = "Is't possible?"
+    assert main(["diagnose", str(tmp_path / "norm"), "--prompt", prompt]) == 0
+    report = diagnose([tmp_path / "norm"], out=tmp_path / "short", prompt=prompt, fft_size=len(prompt))
+    assert not report["path_agreement"]["passed"] and report["causality"]["passed"]
+    html = (tmp_path / "short" / "report.html").read_text()
+    assert re.search(r"Path agreement:[^<]*<b class=\"fail\">FAIL</b>", html)

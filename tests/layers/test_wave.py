@@ -7,7 +7,7 @@ import torch
 
 from wavefield import WaveFieldAttention
 from wavefield.layers.wave import ALPHA_MIN
-from wavefield.ops import reach
+from wavefield.ops import lower_toeplitz, reach
 
 
 def test_parameters_stay_in_their_physical_ranges():
@@ -190,3 +190,29 @@ def test_bfloat16_autocast_training_stays_close_to_float32():
         runs.append([out.float(), xg.grad, layer.in_proj.weight.grad.clone(), layer.conv.weight.grad.clone(), layer.omega_raw.grad.clone()])
     for low, ref in zip(runs[1], runs[0]):
         assert ((low - ref).norm() / ref.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("gate,norm,short_conv,feature_map", [
+    (True, False, 4, "identity"), (False, False, 0, "silu"), (True, True, 3, "elu1"), (False, True, 4, "identity")])
+def test_decomposition_reproduces_the_forward(gate, norm, short_conv, feature_map):
+    """out_proj(gate * read * Re(exp(i phi) field)) is the layer's output; the wave is the kernel
+    applied to the deposits; the field's last position is gain times the state forward carries out."""
+    torch.manual_seed(5)
+    layer = WaveFieldAttention(24, 3, short_conv=short_conv, feature_map=feature_map, gate=gate, norm=norm, chunk_size=8).eval()
+    with torch.no_grad():
+        layer.phi.normal_()
+        x = torch.randn(2, 37, 24)
+        out, state = layer(x, return_state=True)
+        t = layer.decompose(x)
+    B, N, D = x.shape
+    assert t.deposits.shape == t.field.shape == t.read.shape == t.gate.shape == (B, 3, 8, N) and t.kernel.shape == (3, N)
+    wave = (torch.polar(torch.ones_like(layer.phi), layer.phi)[:, None, None] * t.field).real  # (B, H, d, N)
+    torch.testing.assert_close(wave, torch.einsum("hts,bhds->bhdt", lower_toeplitz(t.kernel), t.deposits), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(t.field[..., -1], -torch.expm1(-layer.alpha)[:, None] * state["field"], atol=1e-5, rtol=1e-4)
+    z = (t.gate * t.read * wave).reshape(B, D, N)
+    torch.testing.assert_close(layer.out_proj(z.mT), out, atol=1e-5, rtol=1e-4)
+
+
+def test_outer_deposits_are_not_decomposed_per_channel():
+    with pytest.raises(ValueError, match="channel deposits"):
+        WaveFieldAttention(24, 3, deposit="outer").decompose(torch.randn(1, 5, 24))

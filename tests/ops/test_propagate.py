@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wavefield.ops import PATHS, next_fast_len, propagate, wave_kernel
+from wavefield.ops import PATHS, next_fast_len, propagate, propagate_heads, wave_kernel
 
 
 def rel_err(a, b):
@@ -98,6 +98,25 @@ def test_fft_runs_in_float32_under_autocast():
 def test_unknown_path_is_rejected():
     with pytest.raises(ValueError, match="unknown wave path"):
         propagate(torch.zeros(1, 3, 1, 1), torch.ones(1), torch.ones(1), torch.zeros(1), path="magic")
+
+
+def test_fft_size_shows_what_a_too_short_fft_does():
+    """fft_size replaces the exact length: any length >= 2N - 1 gives the same outputs, a
+    shorter one wraps the convolution's tail onto the first outputs, and below N it is refused."""
+    gen = torch.Generator().manual_seed(5)
+    N = 100
+    omega, alpha, phi = torch.tensor([0.3, 1.0]), torch.tensor([0.01, 0.05]), torch.tensor([0.0, 1.0])
+    u = torch.randn(1, 2, 3, N, generator=gen)
+    ref = propagate_heads(u, omega, alpha, phi, path="recurrent")
+    assert rel_err(propagate_heads(u, omega, alpha, phi, path="fft"), ref) <= 1e-5
+    assert rel_err(propagate_heads(u, omega, alpha, phi, path="fft", fft_size=2 * N - 1), ref) <= 1e-5
+    short = propagate_heads(u, omega, alpha, phi, path="fft", fft_size=N)
+    assert rel_err(short, ref) > 1e-2
+    torch.testing.assert_close(short[..., -1], ref[..., -1], atol=1e-5, rtol=1e-5)  # the last output has no tail to wrap
+    with pytest.raises(ValueError, match="fft_size"):
+        propagate_heads(u, omega, alpha, phi, path="fft", fft_size=N - 1)
+    with pytest.raises(ValueError, match="fft_size"):
+        propagate_heads(u, omega, alpha, phi, path="chunked", fft_size=2 * N)
 
 
 def is_5_smooth(k):

@@ -292,10 +292,14 @@ def bench_decode(s: Settings, device: torch.device):
         token = prompt[:, -1:]
         for name, model in models.items():
             _, state = model(prompt, return_state=True)
-            _, after = model(token, state=state, return_state=True)  # warm-up
-            # every timed step starts from the same prompt state, so the context stays `context`
-            times = [time_call(lambda: model(token, state=state, return_state=True), device) for _ in range(s.decode_steps)]
-            _record(s, kind="decode", op=name, n=context, mode="decode", seconds=median(times), state_mb=_state_mb(after))
+            _, state = model(token, state=state, return_state=True)  # warm-up (a KV cache doubles its buffer here)
+            state_mb = _state_mb(state)
+            # each timed step continues from the last, as generation does (a KV cache grows in place;
+            # a branch from an older state would copy it): the context grows by decode_steps tokens
+            states = [state]
+            times = [time_call(lambda: states.append(model(token, state=states[-1], return_state=True)[1]), device)
+                     for _ in range(s.decode_steps)]
+            _record(s, kind="decode", op=name, n=context, mode="decode", seconds=median(times), state_mb=state_mb)
 
 
 @torch.no_grad()

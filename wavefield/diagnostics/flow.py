@@ -1,8 +1,10 @@
 """Information flow: what the field holds at every position, and who sends what to whom.
 
-A wave layer computes out[t] = W_out(read[t] * y[t]) with read = sigmoid(g) * f(q) and
-y[t] = sum_{s<=t} kappa(t - s) u[s]. Both steps are linear in the deposits, so the output is an
-exact sum of one contribution per earlier token:
+Every mixer says how its output is made (its `decompose` method); nothing here re-derives it.
+A wave layer computes out[t] = W_out(read[t] * y[t]) with read = sigmoid(g) * f(q) (times the
+RMS-norm scale of its read-out where wave_norm is on) and y[t] = sum_{s<=t} kappa(t - s) u[s].
+Given read, the output is linear in the deposits, so it is an exact sum of one contribution
+per earlier token:
 
     out[t] = sum_{s<=t} c[t, s],    c[t, s] = W_out(read[t] * kappa(t - s) * u[s])   # (D,)
 
@@ -15,14 +17,10 @@ envelope of the wave a head carries at position t; its square summed over channe
 field energy there.
 """
 
-import math
-
 import torch
 
 from ..layers import WaveFieldAttention
-from ..layers.attention import rotary
-from ..ops import propagate
-from ..ops.kernel import wave_kernel
+from ..ops import lower_toeplitz
 
 
 def wave_mixers(model):
@@ -43,31 +41,11 @@ def mixer_inputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
     return seen
 
 
-def wave_deposits(mixer, x: torch.Tensor):
-    """The deposits u (N, H, d) and read weights sigmoid(g) * f(q) (N, D) of a wave layer for x (N, D)."""
-    N, D = x.shape
-    q, k, v, g, _ = mixer.inputs(x[None])  # (1, D, N) each; g is None for a layer without the gate
-    q, k, v = (t[0].T for t in (q, k, v))  # (N, D)
-    u = (mixer.f(k) * v).view(N, mixer.n_heads, mixer.head_dim)
-    return u, mixer.f(q) if g is None else torch.sigmoid(g[0].T) * mixer.f(q)
-
-
-def complex_field(mixer, u: torch.Tensor) -> torch.Tensor:
-    """gain * s[t] for deposits u (N, H, d): (N, H, d) complex, through the FFT path itself.
-
-    Re(gain * c * s) with c = 1 and with c = exp(-i pi/2) = -i gives the real and imaginary parts.
-    """
-    omega, alpha = mixer.omega, mixer.alpha
-    re = propagate(u[None], omega, alpha, torch.zeros_like(mixer.phi), path="fft")[0]
-    im = propagate(u[None], omega, alpha, torch.full_like(mixer.phi, -math.pi / 2), path="fft")[0]
-    return torch.complex(re, im)
-
-
 @torch.no_grad()
 def wave_fields(model, ids: torch.Tensor) -> list[torch.Tensor]:
     """gain * s[t] of every wave layer for one sequence ids (N,): a list of (N, H, d) complex."""
     xs = mixer_inputs(model, ids)
-    return [complex_field(m, wave_deposits(m, xs[i])[0]) for i, m in wave_mixers(model)]
+    return [m.decompose(xs[i][None]).field[0].permute(2, 0, 1) for i, m in wave_mixers(model)]
 
 
 def field_amplitude(model, ids: torch.Tensor) -> torch.Tensor:
@@ -75,34 +53,23 @@ def field_amplitude(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.stack([f.abs().pow(2).mean(-1).sqrt().T for f in wave_fields(model, ids)])
 
 
-@torch.no_grad()
 def impulse_responses(model, n: int) -> torch.Tensor:
-    """Each wave head's response to a unit deposit at t = 0, measured through the FFT path: (L_wave, H, n)."""
-    out = []
-    for _, m in wave_mixers(model):
-        impulse = torch.zeros(1, n, m.n_heads, 1)
-        impulse[0, 0] = 1.0
-        out.append(propagate(impulse, m.omega, m.alpha, m.phi, path="fft")[0, :, :, 0].T)
-    return torch.stack(out)
+    """Each wave head's response to a unit deposit at t = 0, as its layer states it: (L_wave, H, n)."""
+    return torch.stack([m.kernel(n).detach() for _, m in wave_mixers(model)])
 
 
 def mixing_terms(mixer, x: torch.Tensor):
-    """A mixer as out[t] = W_out(read[t] * sum_s weights[h, t, s] * values[s]) for x (N, D).
+    """A mixer as out[t] = W_out(read[t] * sum_s weights[h, t, s] * values[s]) for x (N, D),
+    from the mixer's own decomposition.
 
     Returns read (N, D), weights (H, N, N) (zero above the diagonal), values (N, D).
     """
     N, D = x.shape
+    terms = mixer.decompose(x[None])
     if isinstance(mixer, WaveFieldAttention):
-        u, read = wave_deposits(mixer, x)
-        kernel = wave_kernel(mixer.omega, mixer.alpha, mixer.phi, N)  # (H, N)
-        lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (N, N): t - s
-        return read, kernel[:, lag.clamp(min=0)] * (lag >= 0), u.reshape(N, D)
-    H, d = mixer.n_heads, mixer.head_dim
-    q, k, v = mixer.qkv_proj(x).view(N, 3, H, d).permute(1, 2, 0, 3)  # (H, N, d) each
-    q, k = rotary(q[None], 0, mixer.rope_base)[0], rotary(k[None], 0, mixer.rope_base)[0]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (H, N, N)
-    scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.ones_like(x), scores.softmax(-1), v.transpose(0, 1).reshape(N, D)
+        channels = lambda t: t[0].reshape(D, N).T  # noqa: E731  (1, H, d, N) -> (N, D)
+        return channels(terms.gate * terms.read), lower_toeplitz(terms.kernel), channels(terms.deposits)
+    return torch.ones_like(x), terms.weights[0], terms.values[0].transpose(0, 1).reshape(N, D)
 
 
 def contributions(mixer, x: torch.Tensor, rows=None) -> torch.Tensor:

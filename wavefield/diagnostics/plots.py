@@ -147,7 +147,7 @@ def impulse_response(resp, table) -> bytes:
         ax.set_xscale("symlog", linthresh=1)
         ax.set(ylabel=f"layer {layer}: kappa / gain", xlim=(0, resp.shape[-1] - 1))
         ax.legend(fontsize=7, loc="upper right", ncol=2)
-    axes[0, 0].set_title("Impulse response of each head through the FFT path, divided by its gain 1 - e^-alpha")
+    axes[0, 0].set_title("Impulse response kappa(t) of each head, divided by its gain 1 - e^-alpha")
     axes[-1, 0].set_xlabel("tokens after the impulse")
     return _png(fig)
 

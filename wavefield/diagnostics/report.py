@@ -13,9 +13,10 @@ import torch
 from ..io import atomic_path, write_text_atomic
 from . import plots
 from .causality import causality_audit
-from .energy import field_energy, parseval_check
+from .energy import field_energy
 from .flow import effective_attention, field_amplitude, impulse_responses, wave_mixers, wavefronts
 from .heads import LOCAL_MAX, LONG_MIN, head_physics, head_table
+from .paths import path_agreement
 from .sources import DEFAULT_PROMPT, checkpoint_dirs, encode_prompt, load_model, metrics_history, step_of
 from ..errors import UserError
 
@@ -44,7 +45,8 @@ def _is_report(path: Path) -> bool:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and {"heads", "causality", "parseval"} <= data.keys()
+    # "parseval": what reports called the path-agreement check before it compared the paths
+    return isinstance(data, dict) and {"heads", "causality"} <= data.keys() and bool({"path_agreement", "parseval"} & data.keys())
 
 
 def _check_writable(out: Path, json_path):
@@ -76,9 +78,10 @@ def _history(dirs, paths) -> list[dict]:
 
 
 @torch.no_grad()
-def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
+def diagnose(dirs, out=None, prompt: str | None = None, json_path=None, fft_size=None) -> dict:
     """Diagnose the last model among dirs (model folders or run folders); returns the report dict
-    and writes it (JSON, PNGs, GIF, report.html) into out (default DIR/diagnostics)."""
+    and writes it (JSON, PNGs, GIF, report.html) into out (default DIR/diagnostics). fft_size
+    goes to the path-agreement check (default: the exact FFT length)."""
     dirs = [Path(d) for d in dirs]
     paths = checkpoint_dirs(dirs)
     out = Path(out) if out is not None else dirs[-1] / "diagnostics"
@@ -88,10 +91,10 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
         raise UserError("the prompt is empty")
     model = load_model(paths[-1])
     cfg = model.config
-    if cfg.wave_deposit != "channel" or cfg.wave_norm:
-        # the field and flow figures decompose y = kappa * (f(k) * v) read linearly by f(q)
-        raise UserError(f"{paths[-1]}: diagnose covers wave layers with channel deposits and no wave_norm; "
-                         f"this model has wave_deposit={cfg.wave_deposit!r}, wave_norm={cfg.wave_norm}")
+    if cfg.wave_deposit != "channel":
+        # the field and flow figures show a field of d numbers per head (WaveFieldAttention.decompose);
+        # an outer-deposit field is a d x d matrix per head, read by the query
+        raise UserError(f"{paths[-1]}: diagnose covers wave layers with channel deposits; this model has wave_deposit={cfg.wave_deposit!r}")
     ids, tokens, tokenizer = encode_prompt(paths[-1], text, cfg.vocab_size)
     notes = [f"prompt tokenised with {tokenizer}"]
     if len(ids) > MAX_TOKENS:
@@ -112,7 +115,7 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None) -> dict:
         "thresholds": {"local_below_reach": LOCAL_MAX, "long_from_reach": LONG_MIN, "reach": "1/alpha, tokens"},
         "heads": table,
         "history": [{"step": s["step"], "source": s["source"], "heads": s["table"]} for s in history],
-        "parseval": parseval_check(model, ids),
+        "path_agreement": path_agreement(model, ids, fft_size),
         "causality": audit,
         "effective_attention": {"layers": list(range(cfg.n_layers)), "maps": effective_attention(model, ids)},
     }
@@ -192,11 +195,12 @@ def _heads_section(report, figures) -> str:
 
 
 def _energy_section(report, figures) -> str:
-    pars = report["parseval"]
+    paths = report["path_agreement"]
     return (
-        f"<h2>Energy</h2>{_img(figures, 'energy.png', 'energy')}<p>Parseval check of the FFT path (relative gap between time- and "
-        f"frequency-domain energy, tolerance {pars['tolerance']:g}): {_verdict(pars['passed'])}, largest gap {pars['max_error']:.3g}.</p>"
-        + _table(pars["layers"], ["layer", "kernel_error", "field_error"])
+        f"<h2>Energy</h2>{_img(figures, 'energy.png', 'energy')}<p>Path agreement: the FFT path against the chunked path on the "
+        f"prompt's deposits (largest gap relative to the largest output, tolerance {paths['tolerance']:g}): "
+        f"{_verdict(paths['passed'])}, largest gap {paths['max_gap']:.3g}.</p>"
+        + _table(paths["layers"], ["layer", "gap"])
     )
 
 

@@ -1,6 +1,16 @@
 """Causal softmax self-attention with rotary positions: the transformer baseline and the
-attention layers of hybrids. State is a KV cache: {"k": (B, H, T, d), "v": (B, H, T, d)}.
+attention layers of hybrids. State is a KV cache: {"k": (B, H, T, d), "v": (B, H, T, d),
+"buffer": KVBuffer}, k and v views of the first T positions of the buffer.
+
+The buffer is preallocated and grows by doubling, so decoding writes each new key and value
+in place (amortised O(1) per token, not a copy of the whole cache). States are never changed
+by a later call: a call writes only beyond the furthest position any state of its buffer has
+reached, and a call continuing from an older state (a second branch from the same prompt, say)
+copies that state's T positions into a buffer of its own first (copy on write).
 """
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +27,28 @@ def rotary(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVBuffer:
+    """Keys and values (B, H, capacity, d) shaped like `like` (B, H, N, d), shared by the states
+    that view their first positions; `end` is the furthest position any of those states reached."""
+
+    def __init__(self, like: torch.Tensor, capacity: int):
+        B, H, _, d = like.shape
+        self.k, self.v = like.new_empty(B, H, capacity, d), like.new_empty(B, H, capacity, d)
+        self.end = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+class AttentionTerms(NamedTuple):
+    """A CausalSelfAttention forward term by term (CausalSelfAttention.decompose):
+    out_proj((weights @ values).transpose(1, 2).reshape(B, N, D)) is the layer's output."""
+
+    weights: torch.Tensor  # softmax attention (B, H, N, N), zero above the diagonal
+    values: torch.Tensor  # v (B, H, N, d)
 
 
 class CausalSelfAttention(nn.Module):
@@ -36,24 +68,55 @@ class CausalSelfAttention(nn.Module):
         if k.dim() != 4 or k.shape[0] != batch_size or k.shape[1] != self.n_heads or k.shape[3] != self.head_dim:
             raise ValueError(f"attention KV cache must have shape ({batch_size}, {self.n_heads}, T, {self.head_dim}), got {tuple(k.shape)}")
 
+    def _qkv(self, x, start: int):
+        """q, k, v (B, H, N, d) each for x (B, N, D) at positions start .., rotary applied to q and k."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv_proj(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
+        return rotary(q, start, self.rope_base), rotary(k, start, self.rope_base), v
+
     def forward(self, x, state=None, return_state: bool = False):
         """x (B, N, D) -> (B, N, D); the state is the KV cache of every earlier token."""
         B, N, D = x.shape
         if state is not None:
             self.check_state(state, B)
         past = state["k"].shape[2] if state is not None else 0
-        q, k, v = self.qkv_proj(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
-        q, k = rotary(q, past, self.rope_base), rotary(k, past, self.rope_base)
-        if state is not None:
-            k = torch.cat([state["k"], k], dim=2)  # (B, H, T + N, d)
-            v = torch.cat([state["v"], v], dim=2)
+        q, k, v = self._qkv(x, past)
+        if state is not None or return_state:
+            state = _append(state, k, v)
+            k, v = state["k"], state["v"]  # (B, H, T + N, d)
         drop = self.dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        if past == 0 or N == 1:  # one query after a past sees every key: exactly causal without a mask
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=past == 0)
         else:  # query i sits at position past + i and sees keys 0 .. past + i
             mask = torch.ones(N, past + N, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         out = self.out_proj(y.transpose(1, 2).reshape(B, N, D))
-        if not return_state:
-            return out
-        return out, {"k": k, "v": v}
+        return (out, state) if return_state else out
+
+    def decompose(self, x) -> AttentionTerms:
+        """The forward of x (B, N, D) from an empty cache, as its attention weights and values:
+        the reference composition (explicit softmax) beside forward's fused SDPA."""
+        q, k, v = self._qkv(x, 0)
+        N = x.shape[1]
+        scores = q @ k.mT / math.sqrt(self.head_dim)  # (B, H, N, N)
+        scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        return AttentionTerms(scores.softmax(-1), v)
+
+
+def _append(state, k, v) -> dict:
+    """The KV cache `state` (or None) followed by k, v (B, H, N, d), written in place where the
+    state's buffer has room and nothing was written beyond the state's end. Otherwise the state's
+    T positions go into a new buffer of max(T + N, 2T) positions first: doubling when the buffer
+    is full, copy on write when another state of the same buffer has gone beyond this one."""
+    T, N = (state["k"].shape[2] if state is not None else 0), k.shape[2]
+    buf = state.get("buffer") if state is not None else None
+    # a state cut to some samples (or made by hand) is no view of the buffer it carries
+    views = buf is not None and buf.k.shape[0] == k.shape[0] and (
+        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+    if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
+        buf = KVBuffer(k, max(T + N, 2 * T))  # a prompt's cache exactly; the first token after it doubles it
+        if T:
+            buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
+    buf.k[:, :, T : T + N], buf.v[:, :, T : T + N] = k, v
+    buf.end = T + N
+    return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "buffer": buf}

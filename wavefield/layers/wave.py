@@ -18,17 +18,21 @@ The field is the token axis itself, one cell per token, so nothing is ever inter
 State (for processing a long input in pieces, and for decoding one token at a time) is a
 dict: "field", the complex wave state (B, H, d) (or (B, H, d, d) for outer deposits), and
 "conv", the last short_conv - 1 inputs of the short convolution (B, short_conv - 1, 3D).
+
+`decompose` gives the forward term by term (deposits, kernel, complex field, read, gate): what
+diagnostics read, tested to reproduce the forward.
 """
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import conv_tail, gated_field, propagate_heads, propagate_outer, short_conv
+from ..ops import conv_tail, gated_field, propagate_heads, propagate_outer, short_conv, wave_kernel
 from ..ops.field import FEATURE_MAPS
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
@@ -254,7 +258,7 @@ class WaveFieldAttention(nn.Module):
             y = propagate_outer(heads(self.f(q)) * self.head_dim**-0.5, heads(self.f(k)), heads(v), self.omega, self.alpha, self.phi,
                                 field_in, outer_path, self.chunk_size, need_state)
         else:
-            u = (self.f(k) * v).view(B, self.n_heads, self.head_dim, N)  # (B, H, d, N)
+            u = self._heads(self.f(k) * v)  # (B, H, d, N)
             y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
         field = None
         if need_state:
@@ -262,14 +266,58 @@ class WaveFieldAttention(nn.Module):
         if self.deposit == "outer":
             read = y.to(p.dtype).permute(0, 2, 3, 1)  # (B, H, d, N)
         else:
-            read = self.f(q).view(B, self.n_heads, self.head_dim, N) * y.to(p.dtype)  # (B, H, d, N)
-        if self.norm:  # RMS over each head's d channels
-            read = F.rms_norm(read.transpose(-1, -2), (self.head_dim,)).transpose(-1, -2)
+            read = self._heads(self.f(q)) * y.to(p.dtype)  # (B, H, d, N)
+        if self.norm:
+            read = read * self._rms_scale(read)
         z = read.reshape(B, D, N) if g is None else torch.sigmoid(g) * read.reshape(B, D, N)  # (B, D, N)
         return z, {"field": field, "conv": conv_state}
 
+    def _heads(self, t):
+        """(B, D, N) -> (B, H, d, N)."""
+        return t.view(t.shape[0], self.n_heads, self.head_dim, t.shape[-1])
+
+    def _rms_scale(self, read):
+        """1 / RMS over each head's d channels of the read (B, H, d, N): (B, H, 1, N). With
+        norm=True the read-out is read * this (F.rms_norm without a weight, in float32)."""
+        r = read.float()
+        return torch.rsqrt(r.pow(2).mean(2, keepdim=True) + torch.finfo(read.dtype).eps).to(read.dtype)
+
+    def kernel(self, n: int) -> torch.Tensor:
+        """Each head's impulse response kappa_h(t), t = 0 .. n-1: (H, n) float32."""
+        return wave_kernel(self.omega, self.alpha, self.phi, n)
+
+    def decompose(self, x) -> "WaveTerms":
+        """The forward of x (B, N, D) from a zero state, term by term, for channel deposits:
+
+            out = out_proj((gate * read * Re(exp(i phi) * field)).reshape(B, D, N).mT)
+
+        where field = gain * s[t], s[t] = lambda s[t-1] + u[t], so Re(exp(i phi) field[t]) =
+        sum_{s<=t} kappa(t - s) u[s]. The reference composition beside forward's fused op; the
+        complex field is two FFT propagations, at phase 0 (its real part) and -pi/2 (imaginary)."""
+        if self.deposit != "channel":
+            raise ValueError("decompose covers channel deposits: an outer-deposit field is a d x d matrix per head")
+        q, k, v, g, _ = self.inputs(x)  # (B, D, N) each
+        u = self._heads(self.f(k) * v)  # (B, H, d, N)
+        re, im = (propagate_heads(u, self.omega, self.alpha, torch.full_like(self.phi, phase), path="fft") for phase in (0.0, -math.pi / 2))
+        field = torch.complex(re, im)  # (B, H, d, N)
+        read = self._heads(self.f(q))
+        if self.norm:  # the scale of the normalised read-out, from the read it normalises
+            read = read * self._rms_scale(read * propagate_heads(u, self.omega, self.alpha, self.phi, path="fft"))
+        gate = self._heads(torch.sigmoid(g)) if g is not None else torch.ones_like(read)
+        return WaveTerms(u, self.kernel(x.shape[1]), field, read, gate)
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}, implementation={self.implementation!r}"
+
+
+class WaveTerms(NamedTuple):
+    """A wave layer's forward term by term (WaveFieldAttention.decompose), channel-major."""
+
+    deposits: torch.Tensor  # u = f(k) * v (B, H, d, N)
+    kernel: torch.Tensor  # kappa_h(t) (H, N)
+    field: torch.Tensor  # gain * s[t] (B, H, d, N) complex: its wave, Re(exp(i phi) field) = kappa * u
+    read: torch.Tensor  # f(q) (B, H, d, N), times the RMS-norm scale where norm=True
+    gate: torch.Tensor  # sigmoid(g) (B, H, d, N); ones without the gate
 
 
 def _cat(entries):

@@ -7,7 +7,9 @@ The field state is (B, H, d) complex64: the value of s[t] = lambda * s[t-1] + u[
 last token processed, so that a later call continues exactly where this one stopped.
 
 * fft: causal convolution by FFT, padded to >= 2N - 1. O(N log N). Circular wrap-around
-  cannot reach the first N outputs, so it is exact up to round-off.
+  cannot reach the first N outputs, so it is exact up to round-off. (`fft_size` overrides the
+  length, so that checks can show what a too short FFT does: below 2N - 1 the tail of the
+  convolution wraps around onto the first outputs.)
 * chunked: chunks of C tokens; a C x C Toeplitz matmul inside each chunk, and the state
   entering each chunk from a blocked scan over chunks (itself matmuls). O(N C), exactly
   causal bit for bit, and the fastest path on CPUs (see docs/benchmarks.md).
@@ -43,10 +45,11 @@ def state_out_heads(u, omega, alpha, state=None) -> torch.Tensor:
     return s
 
 
-def _fft(u, omega, alpha, phi, state=None):
-    """Causal FFT convolution with the wave kernel: (B, H, d, N) -> (B, H, d, N)."""
+def _fft(u, omega, alpha, phi, state=None, n_fft=None):
+    """Causal FFT convolution with the wave kernel: (B, H, d, N) -> (B, H, d, N), at FFT length
+    n_fft (default the exact one, >= 2N - 1)."""
     N = u.shape[-1]
-    n_fft = next_fast_len(2 * N - 1)
+    n_fft = next_fast_len(2 * N - 1) if n_fft is None else n_fft
     k_f = torch.fft.rfft(wave_kernel(omega, alpha, phi, N), n=n_fft)[:, None]  # (H, 1, F)
     y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * k_f, n=n_fft)[..., :N]  # (B, H, d, N)
     if state is not None:
@@ -124,13 +127,17 @@ def _recurrent(u, omega, alpha, phi, state=None):
     return (torch.stack(ys, dim=-1) if ys else u.new_zeros(B, H, d, 0)), s
 
 
-def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False):
+def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False,
+                    fft_size=None):
     """Propagate head-major deposits u (B, H, d, N); float32 inside, even under autocast.
+    fft_size (fft path only, >= N) replaces the exact FFT length: for checks that must fail.
 
     Returns y (B, H, d, N) float32, or (y, new_state) when return_state is set.
     """
     if path not in PATHS:
         raise ValueError(f"unknown wave path {path!r}; expected one of {PATHS}")
+    if fft_size is not None and (path != "fft" or fft_size < u.shape[-1]):
+        raise ValueError(f"fft_size applies to the fft path and must be >= the sequence length {u.shape[-1]}, got {fft_size} ({path!r})")
     with exact_float32(u.device.type):  # IEEE float32: no autocast, no TF32 (ops.kernel)
         u = u.float()
         if path == "chunked":
@@ -138,7 +145,7 @@ def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chu
         if path == "recurrent":
             y, s = _recurrent(u, omega, alpha, phi, state)
             return (y, s) if return_state else y
-        y = _fft(u, omega, alpha, phi, state)
+        y = _fft(u, omega, alpha, phi, state, fft_size)
         return (y, state_out_heads(u, omega, alpha, state)) if return_state else y
 
 

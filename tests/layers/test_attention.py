@@ -1,0 +1,95 @@
+"""The attention layer on its own: its KV cache (grown in place, never corrupting an earlier
+state) and its decomposition into attention weights and values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wavefield.layers import CausalSelfAttention
+
+
+def layer(seed=0):
+    torch.manual_seed(seed)
+    return CausalSelfAttention(16, 2).eval()
+
+
+@torch.no_grad()
+def test_decoding_token_by_token_and_in_pieces_matches_one_pass():
+    attn, x = layer(), torch.randn(2, 23, 16)
+    full = attn(x)
+    outs, state = [], None
+    for a, b in [(0, 5), (5, 6), (6, 7), (7, 12), (12, 13), (13, 23)]:  # prompt, tokens, pieces after a past
+        out, state = attn(x[:, a:b], state=state, return_state=True)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-6, rtol=1e-5)
+    assert state["k"].shape == (2, 2, 23, 8)
+
+
+@torch.no_grad()
+def test_the_cache_grows_in_place_and_doubles_when_full():
+    """Each decoded token is written into the buffer: it moves only when the capacity doubles."""
+    attn, x = layer(), torch.randn(1, 30, 16)
+    _, state = attn(x[:, :5], return_state=True)
+    moved = []
+    for t in range(5, 30):
+        before = state["k"].data_ptr()
+        _, state = attn(x[:, t : t + 1], state=state, return_state=True)
+        if state["k"].data_ptr() != before:
+            moved.append(t)
+    assert moved == [5, 10, 20]  # capacity 5 (the prompt) -> 10 -> 20 -> 40
+
+
+@torch.no_grad()
+def test_branches_from_one_state_do_not_corrupt_each_other():
+    """Continuing twice from the same prompt state (copy on write), then each branch further:
+    every branch equals one pass over its own tokens, and the prompt state is unchanged."""
+    attn = layer(1)
+    prompt, a, b, c = torch.randn(1, 6, 16), torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.randn(1, 3, 16)
+    _, p = attn(prompt, return_state=True)
+    kept = p["k"].clone()
+    out_a, sa = attn(a, state=p, return_state=True)
+    out_b, sb = attn(b, state=p, return_state=True)  # same position as a: must not overwrite it
+    out_ac, _ = attn(c, state=sa, return_state=True)
+    out_bc, _ = attn(c, state=sb, return_state=True)
+    torch.testing.assert_close(torch.cat([out_a, out_ac], 1), attn(torch.cat([prompt, a, c], 1))[:, 6:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([out_b, out_bc], 1), attn(torch.cat([prompt, b, c], 1))[:, 6:], atol=1e-6, rtol=1e-5)
+    assert torch.equal(p["k"], kept)
+
+
+@torch.no_grad()
+def test_a_state_cut_to_some_samples_continues_them():
+    attn, x = layer(3), torch.randn(2, 8, 16)
+    _, state = attn(x[:, :6], return_state=True)
+    _, state = attn(x[:, 6:7], state=state, return_state=True)  # the buffer now has room
+    for part in (slice(0, 1), slice(1, 2)):
+        cut = {**state, "k": state["k"][part], "v": state["v"][part]}
+        out, new = attn(x[part, 7:], state=cut, return_state=True)
+        assert new["k"].shape == (1, 2, 8, 8)
+        torch.testing.assert_close(out, attn(x[part])[:, 7:], atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_one_query_after_a_past_runs_without_a_mask(monkeypatch):
+    """A single new token sees every key: SDPA is called without a mask (its fast kernel on CUDA)."""
+    attn, x = layer(), torch.randn(1, 9, 16)
+    _, state = attn(x[:, :8], return_state=True)
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    out, _ = attn(x[:, 8:], state=state, return_state=True)
+    assert calls[0].get("attn_mask") is None and not calls[0].get("is_causal")
+    torch.testing.assert_close(out, attn(x)[:, 8:], atol=1e-6, rtol=1e-5)
+
+
+def test_decomposition_reproduces_the_forward():
+    attn, x = layer(2), torch.randn(2, 17, 16)
+    terms = attn.decompose(x)
+    B, N, D = x.shape
+    assert terms.weights.shape == (2, 2, N, N) and (terms.weights.triu(1) == 0).all()
+    torch.testing.assert_close(terms.weights.sum(-1), torch.ones(2, 2, N))
+    out = attn.out_proj((terms.weights @ terms.values).transpose(1, 2).reshape(B, N, D))
+    torch.testing.assert_close(out, attn(x), atol=1e-6, rtol=1e-5)
+
+
+def test_a_bad_cache_is_refused():
+    with pytest.raises(ValueError, match="KV cache must have shape"):
+        layer()(torch.randn(2, 1, 16), state={"k": torch.zeros(2, 3, 4, 8), "v": torch.zeros(2, 3, 4, 8)})
