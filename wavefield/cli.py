@@ -329,6 +329,9 @@ def add_recall(benchmarks):
     p.add_argument("--seeds", type=_comma_list(int), help="comma-separated seeds (default 0)")
     p.add_argument("--test-examples", type=int, help=f"test sequences per task (default {RecallBudget.test_examples})")
     p.add_argument("--physical-lr-scale", type=float, help="learning rate of omega, alpha, phi relative to the rest (default 1)")
+    p.add_argument("--eval-every", type=int, help="steps between points of each run's learning curve (default: no curve)")
+    p.add_argument("--curve-examples", type=int, help=f"test sequences each curve point scores (default {RecallBudget.curve_examples})")
+    p.add_argument("--stop-at", type=float, help="end a run once its curve reaches this accuracy, e.g. 0.99 as Zoology (needs --eval-every)")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=4)
@@ -364,7 +367,7 @@ def run_recall(args) -> int:
         raise UserError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024")
     tasks = [RecallTask(*t) for t in tasks]
     given = {"steps": args.steps, "batch_size": args.batch_size, "test_examples": args.test_examples, "physical_lr_scale": args.physical_lr_scale,
-             "lrs": args.lrs, "seeds": args.seeds}
+             "lrs": args.lrs, "seeds": args.seeds, "eval_every": args.eval_every, "curve_examples": args.curve_examples, "stop_at": args.stop_at}
     budget = dataclasses.replace(QUICK if args.quick else RecallBudget(), **{k: v for k, v in given.items() if v is not None})
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -94,3 +94,40 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_sequences_to_reads_the_first_point_at_each_threshold():
+    from wavefield.bench.recall import sequences_to
+
+    curve = [[32, 0.1], [64, 0.55], [96, 0.5], [128, 0.95]]
+    assert sequences_to(curve) == {"0.5": 64, "0.9": 128, "0.99": None}
+    assert sequences_to([]) == {"0.5": None, "0.9": None, "0.99": None}
+
+
+def test_learning_curves_and_the_early_stop(tmp_path):
+    from wavefield.bench.recall import RecallBudget, bench_recall
+
+    task = RecallTask(8, 2, vocab_size=16)
+    budget = RecallBudget(steps=20, batch_size=8, lrs=(1e-2,), test_examples=40, eval_every=5, curve_examples=30)
+    [record] = bench_recall(["wave"], [task], budget, d_model=16, n_heads=2, out_dir=tmp_path, log=lambda *_: None)
+    [run] = record["runs"]
+    assert [n for n, _ in run["curve"]] == [40, 80, 120, 160] and run["steps"] == 20  # a point every 5 steps of 8
+    assert all(0.0 <= acc <= 1.0 for _, acc in run["curve"])
+    assert set(run["sequences_to"]) == {"0.5", "0.9", "0.99"}
+    assert (tmp_path / "recall_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sequences to 0.5 / 0.9 / 0.99" in (tmp_path / "recall.md").read_text()
+    first = run["curve"][0][1]
+    assert first > 0  # the value half of a 16-token vocabulary is guessed right sometimes
+    stopped = RecallBudget(**{**budget.__dict__, "stop_at": first})
+    [record] = bench_recall(["wave"], [task], stopped, d_model=16, n_heads=2, log=lambda *_: None)
+    assert record["runs"][0]["steps"] == 5 and record["runs"][0]["curve"] == run["curve"][:1]  # the same run, stopped at its first point
+
+
+def test_a_stop_needs_a_curve():
+    from wavefield.bench.recall import RecallBudget
+    from wavefield.errors import UserError
+
+    with pytest.raises(UserError, match="stop_at"):
+        RecallBudget(stop_at=0.99)
+    with pytest.raises(UserError, match="stop_at"):
+        RecallBudget(eval_every=10, stop_at=1.5)

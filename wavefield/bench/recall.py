@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import WaveFieldConfig
-from ..io import write_text_atomic
+from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import lr_at, make_optimizer, set_lr
 from ..errors import UserError
@@ -64,12 +64,18 @@ class RecallBudget:
     warmup: float = 0.1  # fraction of steps with a linear warm-up, then cosine decay to 0
     weight_decay: float = 0.1
     physical_lr_scale: float = 1.0  # learning rate of omega, alpha, phi relative to the rest
+    eval_every: int = 0  # steps between points of the learning curve (0: no curve)
+    curve_examples: int = 256  # test sequences each point of the curve scores (the first ones)
+    stop_at: float | None = None  # end a run once a point of its curve reaches this accuracy (Zoology stops at 0.99)
 
     def __post_init__(self):
-        if min(self.steps, self.batch_size, self.test_examples) < 1 or not self.lrs or not self.seeds or min(self.lrs) <= 0:
-            raise UserError(f"a recall budget needs steps, batch_size, test_examples >= 1 and positive learning rates, got {self}")
+        if min(self.steps, self.batch_size, self.test_examples, self.curve_examples) < 1 or not self.lrs or not self.seeds or min(self.lrs) <= 0:
+            raise UserError(f"a recall budget needs steps, batch_size, test_examples, curve_examples >= 1 and positive learning rates, got {self}")
+        if self.eval_every < 0 or (self.stop_at is not None and not (0 < self.stop_at <= 1 and self.eval_every)):
+            raise UserError(f"a recall budget needs eval_every >= 0, and stop_at in (0, 1] only with a curve (eval_every > 0), got {self}")
 
 
+THRESHOLDS = (0.5, 0.9, 0.99)  # the curve reports the training sequences needed to reach each
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
 TASKS = (RecallTask(256, 16), RecallTask(512, 64))
 # the wave layer options that the recall benchmark uses for the wave and hybrid models
@@ -129,13 +135,18 @@ def recall_accuracy(model: WaveFieldLM, inputs, targets, batch_size: int = 100) 
 
 
 def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, lr: float, seed: int, test, log=None, device="cpu") -> dict:
-    """Train one model on fresh MQAR batches, then score it on `test` = (inputs, targets)."""
+    """Train one model on fresh MQAR batches, then score it on `test` = (inputs, targets).
+
+    With budget.eval_every, the run also records its learning curve: accuracy on the first
+    curve_examples test sequences against the training sequences seen, and stops early once
+    that reaches budget.stop_at (the schedule stays the one of budget.steps)."""
     torch.manual_seed(seed)
     model = WaveFieldLM(cfg).to(device)
     opt = make_optimizer(model, lr, budget.weight_decay, budget.physical_lr_scale, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(1_000_003 * seed + 1)  # training data: its own stream per seed
     warm = max(1, int(budget.warmup * budget.steps))
-    losses, start = [], time.perf_counter()
+    curve_set = tuple(t[: budget.curve_examples] for t in test)
+    losses, curve, start = [], [], time.perf_counter()
     for step in range(budget.steps):
         set_lr(opt, lr_at(step, lr, warm, budget.steps, min_lr_ratio=0.0))
         model.train()
@@ -148,13 +159,25 @@ def train_recall(cfg: WaveFieldConfig, task: RecallTask, budget: RecallBudget, l
         losses.append(loss.item())
         if log and (step + 1) % max(1, budget.steps // 10) == 0:
             log(f"  step {step + 1}/{budget.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if budget.eval_every and ((step + 1) % budget.eval_every == 0 or step + 1 == budget.steps):
+            curve.append([(step + 1) * budget.batch_size, recall_accuracy(model, *curve_set)])
+            if budget.stop_at is not None and curve[-1][1] >= budget.stop_at:
+                break
     train_s = time.perf_counter() - start
     return {
         "accuracy": recall_accuracy(model, *test),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "train_seconds": round(train_s, 1),
+        "steps": len(losses),
         "parameters": model.num_parameters(),
+        **({"curve": curve, "sequences_to": sequences_to(curve)} if budget.eval_every else {}),
     }
+
+
+def sequences_to(curve, thresholds=THRESHOLDS) -> dict:
+    """The training sequences seen at the first point of `curve` = [[sequences, accuracy], ...]
+    that reaches each threshold (None where none does)."""
+    return {f"{t:g}": next((n for n, acc in curve if acc >= t), None) for t in thresholds}
 
 
 def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
@@ -197,17 +220,58 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
 
 
 def write_recall_report(records: list[dict], budget: RecallBudget, out_dir: Path):
+    """recall.json (every run, curves included), recall.md (a table), and with curves recall_curves.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"budget": dataclasses.asdict(budget), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     write_text_atomic(out_dir / "recall.json", json.dumps({**meta, "records": records}, indent=2) + "\n")
+    curves = budget.eval_every > 0
+    reach = " | sequences to " + " / ".join(f"{t:g}" for t in THRESHOLDS) + " (best lr, per seed)" if curves else ""
     lines = [
         "# MQAR (multi-query associative recall)", "",
         f"Budget: {budget.steps} steps of {budget.batch_size} fresh sequences, learning rates {list(budget.lrs)} "
-        f"(best kept), seeds {list(budget.seeds)}, {budget.test_examples} test sequences. Machine: {meta['machine']}.", "",
-        "| task | model | layers | parameters | accuracy | best lr | train s / run |",
-        "|---|---|---|---|---|---|---|",
+        f"(best kept), seeds {list(budget.seeds)}, {budget.test_examples} test sequences"
+        + (f"; a curve point every {budget.eval_every} steps on {budget.curve_examples} of them" if curves else "")
+        + (f", a run stops at {budget.stop_at:g}" if budget.stop_at is not None else "") + f". Machine: {meta['machine']}.", "",
+        f"| task | model | layers | parameters | accuracy | best lr | accuracy at each lr | train s / run{reach} |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if curves else ""),
     ]
     for r in records:
         secs = sum(x["train_seconds"] for x in r["runs"]) / len(r["runs"])
-        lines.append(f"| {r['task']} | {r['model']} | {'+'.join(r['layer_types'])} | {r['parameters']:,} | {r['accuracy']:.4f} | {r['best_lr']:g} | {secs:.0f} |")
+        by_lr = ", ".join(f"{lr:g}: {acc:.3f}" for lr, acc in _mean_by_lr(r["runs"]).items())
+        row = f"| {r['task']} | {r['model']} | {'+'.join(r['layer_types'])} | {r['parameters']:,} | {r['accuracy']:.4f} | {r['best_lr']:g} | {by_lr} | {secs:.0f} |"
+        if curves:
+            best = [x["sequences_to"] for x in r["runs"] if x["lr"] == r["best_lr"]]
+            row += " " + "; ".join(" / ".join(f"{v:,}" if v is not None else "-" for v in reached.values()) for reached in best) + " |"
+        lines.append(row)
     write_text_atomic(out_dir / "recall.md", "\n".join(lines) + "\n")
+    if curves:
+        plot_curves(records, out_dir / "recall_curves.png")
+
+
+def _mean_by_lr(runs: list[dict]) -> dict:
+    lrs = sorted({r["lr"] for r in runs})
+    return {lr: sum(r["accuracy"] for r in runs if r["lr"] == lr) / sum(r["lr"] == lr for r in runs) for lr in lrs}
+
+
+def plot_curves(records: list[dict], png: Path):
+    """Accuracy against training sequences seen: one panel per task, a line per model, lr and seed (the best lr bold)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    colours = dict(zip(dict.fromkeys(r["model"] for r in records), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in records if r["task"] == task):
+            for run in r["runs"]:
+                best = run["lr"] == r["best_lr"]
+                ax.plot(*zip(*run["curve"]), color=colours[r["model"]], lw=2 if best else 0.7, alpha=1 if best else 0.5,
+                        label=f"{r['model']} lr {run['lr']:g}" if best and run["seed"] == r["runs"][0]["seed"] else None)
+        ax.set(xscale="log", xlabel="training sequences seen", ylabel="accuracy", title=task, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
