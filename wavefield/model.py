@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import WaveFieldConfig
 from .errors import MissingError, UserError
-from .io import atomic_path, write_text_atomic
+from .io import save_safetensors, write_text_atomic
 from .layers import CausalSelfAttention, WaveFieldAttention
 from .ops import linear_cross_entropy
 
@@ -136,8 +136,7 @@ class WaveFieldLM(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_safetensors(tensors, path / WEIGHTS_NAME, metadata={"format": "pt"})
         write_text_atomic(path / CONFIG_NAME, self.config.to_json())
 
     @classmethod

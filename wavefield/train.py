@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, recover_checkpoint, rng_state, save_checkpoint
 from .config import WaveFieldConfig
 from .data import Tokenizer, load_corpus, prepare_data
 from .evaluate import evaluate_tokens, summarize
@@ -126,9 +126,11 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
     ckpt = out / CHECKPOINT_DIR
     saved = None
     if a.resume:
+        recover_checkpoint(out)  # a kill between the two renames of a save left .checkpoint.old
         if not (ckpt / STATE_JSON).is_file():
             raise MissingError(f"--resume: {out} holds no checkpoint to resume")
         saved = read_state_json(ckpt)
+        check_world_size(saved, ckpt)
         base = saved["args"]
         for k, v in dataclasses.asdict(a).items():
             if k in ("out", "resume", "model") or v is None or k in CHANGEABLE:
@@ -155,6 +157,25 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
         cfg = None  # built once the tokenizer, and so vocab_size, is known
     filled.update(out=str(out), resume=a.resume, model=dict(a.model))
     return TrainArgs(**filled), cfg, saved
+
+
+def check_world_size(saved: dict, ckpt: Path):
+    """Refuse to resume on another number of processes than the checkpoint was trained on:
+    each rank reads its own shard of the data and restores its own random state, so another
+    world size would silently change the batches and the dropout masks. Checked from
+    torchrun's WORLD_SIZE before any process group is set up."""
+    world, trained = env_int("WORLD_SIZE", 1), saved["data"].get("world_size", 1)
+    if world != trained:
+        raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
+                        f"resume it with {trained} (the data shards and random states are per process)")
+
+
+def env_int(name: str, default: int) -> int:
+    """A process-layout variable that torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK), checked."""
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or (name == "WORLD_SIZE" and int(value) < 1):
+        raise UserError(f"{name} must be a {'positive' if name == 'WORLD_SIZE' else 'non-negative'} integer, got {value!r}")
+    return int(value)
 
 
 def lr_at(step: int, a: TrainArgs) -> float:
@@ -266,9 +287,8 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def train(args: TrainArgs):
     """Train as `args` asks; returns the trained WaveFieldLM (on every rank under torchrun)."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
+    distributed = world > 1
     a, cfg, saved = resolve(args)
     device = pick_device(a.device, local_rank)
     if distributed:
