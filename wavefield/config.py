@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from .errors import UserError
 
@@ -10,6 +11,11 @@ FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
 CONFIG_VERSION = 1
+# Upper bounds, so that a hostile or mistyped config (d_model 10^9, n_layers 10^6) is refused
+# before anything is allocated; they are far above any model this library trains:
+MAX_PARAMETERS = 10**11  # 100B parameters (400 GB of float32 weights), from estimated_parameters()
+MAX_SIZES = {"vocab_size": 2**31 - 1, "d_model": 2**16, "n_layers": 1024, "n_heads": 2**16, "short_conv": 1024,
+             "chunk_size": 2**16, "mlp_ratio": 64, "reach_max": 1e12, "rope_base": 1e12, "init_std": 10.0, "norm_eps": 1.0}
 
 
 @dataclass
@@ -72,9 +78,15 @@ class WaveFieldConfig:
             (self.wave_deposit in WAVE_DEPOSITS, f"wave_deposit must be one of {WAVE_DEPOSITS}, got {self.wave_deposit!r}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
         ]
-        for ok, message in checks:
+        checks += [(getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()]
+        checks += [(self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
+                   (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
+                   (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}")]
+        for ok, message in checks:  # NaN fails every comparison, so it is refused here too
             if not ok:
                 raise UserError(message)
+        if estimated_parameters(self) > MAX_PARAMETERS:
+            raise UserError(f"this config describes about {estimated_parameters(self):.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds")
         if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
 
@@ -87,6 +99,10 @@ class WaveFieldConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "WaveFieldConfig":
+        """A config from parsed config.json; a value of the wrong type (a string, a list, null,
+        a boolean or a float for an integer, NaN or infinity) is a UserError naming the field."""
+        if not isinstance(data, dict):
+            raise UserError(f"a config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("config_version", None)
         if version != CONFIG_VERSION:
@@ -95,9 +111,37 @@ class WaveFieldConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config fields: {', '.join(unknown)}")
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                check_type(f.name, data[f.name], f.default)
         return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
 
+
+
+def check_type(name: str, value, default):
+    """Refuse a config value whose JSON type differs from the field's (the default's type)."""
+    if name == "layer_types":
+        ok = value is None or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+        expected = "a list of strings"
+    elif isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    else:
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        raise UserError(f"config field {name} must be {expected}, got {json.dumps(value)[:40]}")
+
+
+def estimated_parameters(cfg: WaveFieldConfig) -> float:
+    """An upper bound on the parameter count, from the sizes alone (no tensor is made): the
+    embedding, and per layer at most 6 d x d projections plus an MLP of 3 * mlp_ratio d x d."""
+    d = cfg.d_model
+    return cfg.vocab_size * d + cfg.n_layers * ((6 + 3 * cfg.mlp_ratio) * d * d + (cfg.short_conv + 16) * d)
