@@ -14,7 +14,8 @@ CONFIG_VERSION = 1
 # Upper bounds, so that a hostile or mistyped config (d_model 10^9, n_layers 10^6) is refused
 # before anything is allocated; they are far above any model this library trains:
 MAX_PARAMETERS = 10**11  # 100B parameters (400 GB of float32 weights), from estimated_parameters()
-MAX_SIZES = {"vocab_size": 2**31 - 1, "d_model": 2**16, "n_layers": 1024, "n_heads": 2**16, "short_conv": 1024,
+MAX_LAYERS = 1024
+MAX_SIZES = {"vocab_size": 2**31 - 1, "d_model": 2**16, "n_heads": 2**16, "short_conv": 1024,
              "chunk_size": 2**16, "mlp_ratio": 64, "reach_max": 1e12, "rope_base": 1e12, "init_std": 10.0, "norm_eps": 1.0}
 
 
@@ -57,13 +58,14 @@ class WaveFieldConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        if not 1 <= self.n_layers <= MAX_LAYERS:  # first: layer_types below is a list of n_layers entries
+            raise UserError(f"n_layers must be between 1 and {MAX_LAYERS}, got {self.n_layers}")
         if self.layer_types is None:
             self.layer_types = ["wave"] * self.n_layers
         self.layer_types = list(self.layer_types)
         checks = [
             (self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}"),
             (self.d_model >= 1, f"d_model must be >= 1, got {self.d_model}"),
-            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
             (self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}"),
             (self.d_model % max(self.n_heads, 1) == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
             (self.mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {self.mlp_ratio}"),
