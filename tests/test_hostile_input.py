@@ -68,7 +68,7 @@ def test_config_that_is_not_utf8_or_huge(ckpt, capsys):
 @pytest.mark.parametrize("changes, phrase", [
     ({"d_model": 10**9}, "d_model must be <= 65536"),
     ({"vocab_size": 10**12}, "vocab_size must be <="),
-    ({"n_layers": 10**6, "layer_types": None}, "n_layers must be <= 1024"),
+    ({"n_layers": 10**6, "layer_types": None}, "n_layers must be between 1 and 1024"),
     ({"vocab_size": 2**31 - 1, "d_model": 4096, "n_heads": 4}, "more than the 1e+11"),
     ({"d_model": "16"}, "d_model must be an integer"),
     ({"d_model": [16]}, "d_model must be an integer"),
@@ -218,3 +218,27 @@ def test_the_package_never_unpickles():
                 if not (isinstance(node.value, ast.Constant) and node.value.value is (node.arg == "weights_only")):
                     found.append(where)
     assert found == []
+
+
+# ---------------------------------------------------------------- train_state.json
+
+@pytest.mark.parametrize("change, phrase", [
+    (lambda s: [s], "not a valid training state"),
+    (lambda s: {**s, "step": "60"}, "wrong type: step"),
+    (lambda s: {**s, "step": -1}, "not a valid training state"),
+    (lambda s: {**s, "data": [1]}, "wrong type: data"),
+    (lambda s: {**s, "data": {}}, "wrong type: data"),
+    (lambda s: {**s, "optimizer_param_groups": [1, 2]}, "not a valid training state"),
+    (lambda s: {**s, "args": {**s["args"], "seq_len": "32"}}, "the saved arguments seq_len have the wrong type"),
+    (lambda s: {**s, "args": {**s["args"], "batch_size": -4}}, "--batch-size must be between 1"),
+    (lambda s: {**s, "args": {k: v for k, v in s["args"].items() if k != "lr"}}, "differing: lr"),
+    (lambda s: {**s, "args": {**s["args"], "future_flag": 1}}, "differing: future_flag"),
+])
+def test_resume_from_a_hostile_train_state(trained_run, tmp_path, capsys, change, phrase):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "checkpoint" / "train_state.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "61"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and phrase in err, err

@@ -76,6 +76,12 @@ def read_state_json(ckpt: Path) -> dict:
     missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
+    kinds = {"step": int, "args": dict, "model_config": dict, "optimizer_param_groups": list, "data": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind) or isinstance(state[k], bool)]
+    if not wrong and not (isinstance(state["data"].get("corpus_digest"), str) and isinstance(state["data"].get("world_size"), int)):
+        wrong = ["data"]
+    if wrong or state["step"] < 0 or not all(isinstance(g, dict) for g in state["optimizer_param_groups"]):
+        raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (wrong type: {', '.join(wrong) or 'step or optimizer_param_groups'})")
     if state.get("state_version") != STATE_VERSION:
         raise UserError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
     return state

@@ -131,7 +131,7 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
             raise MissingError(f"--resume: {out} holds no checkpoint to resume")
         saved = read_state_json(ckpt)
         check_world_size(saved, ckpt)
-        base = saved["args"]
+        base = check_saved_args(saved["args"], ckpt)
         for k, v in dataclasses.asdict(a).items():
             if k in ("out", "resume", "model") or v is None or k in CHANGEABLE:
                 continue
@@ -159,12 +159,26 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
     return TrainArgs(**filled), cfg, saved
 
 
+def check_saved_args(base: dict, ckpt: Path) -> dict:
+    """The arguments saved in train_state.json, refused unless they are exactly TrainArgs'
+    fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
+    if base.keys() != fields.keys():
+        raise UserError(f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's "
+                        f"(differing: {', '.join(sorted(base.keys() ^ fields.keys()))})")
+    wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
+    if wrong:
+        raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
+    check_numbers(TrainArgs(**base))
+    return base
+
+
 def check_world_size(saved: dict, ckpt: Path):
     """Refuse to resume on another number of processes than the checkpoint was trained on:
     each rank reads its own shard of the data and restores its own random state, so another
     world size would silently change the batches and the dropout masks. Checked from
     torchrun's WORLD_SIZE before any process group is set up."""
-    world, trained = env_int("WORLD_SIZE", 1), saved["data"].get("world_size", 1)
+    world, trained = env_int("WORLD_SIZE", 1), saved["data"]["world_size"]
     if world != trained:
         raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
                         f"resume it with {trained} (the data shards and random states are per process)")
