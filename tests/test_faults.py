@@ -93,8 +93,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_flags):
 
 def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path, tiny_flags, capsys):
     """The state a SIGKILL between `checkpoint/ -> .checkpoint.old/` and `tmp -> checkpoint/`
-    leaves: only .checkpoint.old/ and a temporary folder. It loads, and --resume continues
-    from it and tidies up."""
+    leaves: only .checkpoint.old/ and a temporary folder (plus, from an earlier kill, a
+    temporary metrics file). It loads, and --resume continues from it and tidies up."""
     out = tmp_path / "run"
     flags = [*tiny_flags, "--eval-interval", "1000", "--checkpoint-interval", "1"]
     assert main(["train", "--out", str(out), *flags, "--max-steps", "3"]) == 0
@@ -102,11 +102,12 @@ def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path, 
     half = out / ".checkpoint.tmp-killed"
     shutil.copytree(out / ".checkpoint.old", half)
     (half / "model.safetensors").write_bytes((half / "model.safetensors").read_bytes()[:100])
+    (out / ".metrics.jsonl.killed.tmp").write_text('{"type": "train", "st')  # a kill inside the rewrite of metrics.jsonl
     assert load_checkpoint(out)[2]["step"] == 3
     assert main(["info", str(out), "--json"]) == 0 and json.loads(capsys.readouterr().out)["config"]["d_model"] == 16
     assert main(["train", "--out", str(out), "--resume", "--max-steps", "5"]) == 0
     assert load_checkpoint(out)[2]["step"] == 5
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".checkpoint")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
 # ---------------------------------------------------------------- a file-size limit (EFBIG)

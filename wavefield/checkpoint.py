@@ -63,9 +63,13 @@ def recover_checkpoint(out: Path):
 
 
 def remove_stale_temporaries(out: Path):
-    """Delete the temporary folders of saves that a kill interrupted (only the writer calls this)."""
+    """Delete what a kill left of interrupted writes in the run folder: checkpoint folders, and
+    the temporary files of io.atomic_path (metrics.jsonl, curve.png). Only the one writer of a
+    run calls this, so nothing here can be another process's write in progress."""
     for tmp in out.glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def read_state_json(ckpt: Path) -> dict:
