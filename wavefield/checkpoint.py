@@ -36,8 +36,8 @@ from .io import save_safetensors
 from .model import WaveFieldLM
 from .errors import MissingError, UserError
 
+OLD_DIR, TMP_PREFIX = ".checkpoint.old", ".checkpoint.tmp-"  # the save's swap: see the module docstring
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
-OLD_DIR, TMP_PREFIX = ".checkpoint.old", ".checkpoint.tmp-"
 STATE_VERSION = 1
 
 

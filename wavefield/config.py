@@ -80,17 +80,22 @@ class WaveFieldConfig:
             (self.wave_deposit in WAVE_DEPOSITS, f"wave_deposit must be one of {WAVE_DEPOSITS}, got {self.wave_deposit!r}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
         ]
-        checks += [(getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()]
-        checks += [(self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
-                   (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
-                   (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}")]
-        for ok, message in checks:  # NaN fails every comparison, so it is refused here too
+        checks += self._bounds()
+        for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        if estimated_parameters(self) > MAX_PARAMETERS:
-            raise UserError(f"this config describes about {estimated_parameters(self):.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds")
         if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
+
+    def _bounds(self) -> list:
+        """(ok, message) for the upper bounds (MAX_SIZES, MAX_PARAMETERS) and the positive floats;
+        NaN fails every comparison, so it is refused here too."""
+        n = estimated_parameters(self)
+        return [*((getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()),
+                (self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
+                (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
+                (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}"),
+                (n <= MAX_PARAMETERS, f"this config describes about {n:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds")]
 
     @property
     def head_dim(self) -> int:

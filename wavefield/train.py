@@ -116,6 +116,39 @@ def check_numbers(a: TrainArgs):
         raise UserError(f"unknown preset {a.preset!r} (choose from {', '.join(PRESETS)})")
 
 
+def check_saved_args(base: dict, ckpt: Path) -> dict:
+    """The arguments saved in train_state.json, refused unless they are exactly TrainArgs'
+    fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
+    if base.keys() != fields.keys():
+        raise UserError(f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's "
+                        f"(differing: {', '.join(sorted(base.keys() ^ fields.keys()))})")
+    wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
+    if wrong:
+        raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
+    check_numbers(TrainArgs(**base))
+    return base
+
+
+def check_world_size(saved: dict, ckpt: Path):
+    """Refuse to resume on another number of processes than the checkpoint was trained on:
+    each rank reads its own shard of the data and restores its own random state, so another
+    world size would silently change the batches and the dropout masks. Checked from
+    torchrun's WORLD_SIZE before any process group is set up."""
+    world, trained = env_int("WORLD_SIZE", 1), saved["data"]["world_size"]
+    if world != trained:
+        raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
+                        f"resume it with {trained} (the data shards and random states are per process)")
+
+
+def env_int(name: str, default: int) -> int:
+    """A process-layout variable that torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK), checked."""
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or (name == "WORLD_SIZE" and int(value) < 1):
+        raise UserError(f"{name} must be a {'positive' if name == 'WORLD_SIZE' else 'non-negative'} integer, got {value!r}")
+    return int(value)
+
+
 def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | None]:
     """Fill every None from the checkpoint (on --resume) or the preset; return the checkpoint's
     saved state when resuming. Raises ValueError naming the first problem."""
@@ -157,39 +190,6 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
         cfg = None  # built once the tokenizer, and so vocab_size, is known
     filled.update(out=str(out), resume=a.resume, model=dict(a.model))
     return TrainArgs(**filled), cfg, saved
-
-
-def check_saved_args(base: dict, ckpt: Path) -> dict:
-    """The arguments saved in train_state.json, refused unless they are exactly TrainArgs'
-    fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
-    fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
-    if base.keys() != fields.keys():
-        raise UserError(f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's "
-                        f"(differing: {', '.join(sorted(base.keys() ^ fields.keys()))})")
-    wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
-    if wrong:
-        raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
-    check_numbers(TrainArgs(**base))
-    return base
-
-
-def check_world_size(saved: dict, ckpt: Path):
-    """Refuse to resume on another number of processes than the checkpoint was trained on:
-    each rank reads its own shard of the data and restores its own random state, so another
-    world size would silently change the batches and the dropout masks. Checked from
-    torchrun's WORLD_SIZE before any process group is set up."""
-    world, trained = env_int("WORLD_SIZE", 1), saved["data"]["world_size"]
-    if world != trained:
-        raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
-                        f"resume it with {trained} (the data shards and random states are per process)")
-
-
-def env_int(name: str, default: int) -> int:
-    """A process-layout variable that torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK), checked."""
-    value = os.environ.get(name, str(default))
-    if not value.isdigit() or (name == "WORLD_SIZE" and int(value) < 1):
-        raise UserError(f"{name} must be a {'positive' if name == 'WORLD_SIZE' else 'non-negative'} integer, got {value!r}")
-    return int(value)
 
 
 def lr_at(step: int, a: TrainArgs) -> float:
