@@ -180,3 +180,23 @@ def test_resume_with_another_world_size_is_refused(tmp_path, tiny_flags, capsys,
     assert main(["train", "--out", str(out), "--resume"]) == 2
     assert "WORLD_SIZE must be a positive integer" in capsys.readouterr().err
     assert snapshot(out) == before
+
+
+def test_torchrun_with_two_processes_refuses_a_one_process_checkpoint(tmp_path, tiny_flags):
+    """The real launcher: both workers stop in resolve(), before any rendezvous could hang,
+    each with the one line (torchrun then reports the failed workers in its own words)."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "2"]) == 0
+    before = snapshot(out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "wavefield.cli", "train", "--out", str(out), "--resume"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a hung launcher: end it and its workers
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "trained with 1 process(es) but this run has 2" in output and "exitcode  : 2" in output, output[-3000:]
+    assert "wavefield/" not in output.replace(str(out), "")  # no frame of ours in any traceback
+    assert snapshot(out) == before
