@@ -127,8 +127,6 @@ class WaveFieldConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
-
-
 def check_type(name: str, value, default):
     """Refuse a config value whose JSON type differs from the field's (the default's type)."""
     if name == "layer_types":

@@ -24,6 +24,7 @@ from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes a float parameter loads from
 
 
 def check_weights_header(file: Path, expected: dict):
@@ -44,9 +45,6 @@ def check_weights_header(file: Path, expected: dict):
             raise UserError(f"{file} does not match its config: {name} has shape {list(found[name][0])}, the config needs {list(shape)}")
         if dtype.is_floating_point and found[name][1] not in FLOAT_DTYPES:
             raise UserError(f"{file}: {name} has dtype {found[name][1]}, expected a floating-point type")
-
-
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 class MLP(nn.Module):

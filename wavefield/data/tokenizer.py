@@ -76,7 +76,10 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a plain Exception for a bad file
             raise UserError(f"{path} is not a valid tokenizer: {str(e)[:200]}") from None
-        return cls(hf)
+        try:
+            return cls(hf)
+        except UserError as e:  # no separator, ids with gaps: name the file
+            raise UserError(f"{path}: {e}") from None
 
 
 def train_bpe(texts: list[str], vocab_size: int = 8192) -> Tokenizer:
