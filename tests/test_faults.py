@@ -160,6 +160,48 @@ sys.exit(1)
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
+# ---------------------------------------------------------------- a full disk (ENOSPC)
+
+def on_a_full_disk(tmp_path, size_kb: int, script: str) -> subprocess.CompletedProcess:
+    """Run the shell `script` with a real tmpfs of size_kb KB mounted at $DISK, in a mount
+    namespace of its own (unshare: no privileges needed, nothing mounted outside it)."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm (a private mount namespace) is not available here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = f'mount -t tmpfs -o size={size_kb}k tmpfs "$DISK" && '
+    return subprocess.run(["unshare", "-rm", "sh", "-c", mount + script], env={**ENV, "DISK": str(disk), "PY": sys.executable},
+                          capture_output=True, text=True)
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path, tiny_flags):
+    """The run folder sits on a disk with room for it and ~60 KB more; the next checkpoint
+    (~200 KB) fails with ENOSPC: one line, exit 2, the old checkpoint byte for byte, no litter."""
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_flags, "--max-steps", "3", "--eval-interval", "1000", "--checkpoint-interval", "1"]) == 0
+    size_kb = sum(p.stat().st_size for p in run.rglob("*") if p.is_file()) // 1024 + 60
+    result = on_a_full_disk(tmp_path, size_kb, f'cp -a {run} "$DISK/run" && "$PY" -m wavefield.cli train --out "$DISK/run" --resume --max-steps 6; '
+                                                f'echo $? > {tmp_path}/rc; cp -a "$DISK/run" {tmp_path}/after')
+    assert (tmp_path / "rc").read_text().strip() == "2", result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
+    after = tmp_path / "after"
+    assert snapshot(after / "checkpoint") == snapshot(run / "checkpoint")
+    assert load_checkpoint(after)[2]["step"] == 3
+    assert not [p.name for p in after.iterdir() if p.name.startswith(".")]
+
+
+def test_a_token_cache_on_a_full_disk_leaves_no_entry(tmp_path, tiny_flags):
+    flags = [*tiny_flags, "--max-steps", "1"]
+    flags[flags.index("--cache-dir") + 1] = "$DISK/cache"
+    result = on_a_full_disk(tmp_path, 64, f'"$PY" -m wavefield.cli train --out {tmp_path}/run {" ".join(flags)}; echo $? > {tmp_path}/rc; '
+                                          f'ls -A "$DISK/cache" > {tmp_path}/left')
+    assert (tmp_path / "rc").read_text().strip() == "2", result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-2000:]
+    assert (tmp_path / "left").read_text() == ""  # no partial entry, no temporary folder
+
+
 # ---------------------------------------------------------------- another number of processes
 
 def test_resume_with_another_world_size_is_refused(tmp_path, tiny_flags, capsys, monkeypatch):
