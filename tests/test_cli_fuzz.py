@@ -129,6 +129,13 @@ def test_eval(places, path, drawn):
     check(["eval", path, *drawn], places)
 
 
+@settings(FUZZ, max_examples=10)
+@given(path=MODELS, limit=st.sampled_from(["1", "0", "-1", "x", "nan", str(2**63)]), drawn=flags({"--seq-len": INTS, "--device": DEVICES, "--json": None}, 2))
+def test_eval_lambada(places, path, limit, drawn):
+    """LAMBADA scores --limit passages (all 5153 without it): the fuzzer always passes one."""
+    check(["eval", path, "--task", "lambada", *drawn, "--limit", limit], places)
+
+
 GENERATE = {"--prompt": PROMPTS, "--temperature": FLOATS, "--top-k": INTS, "--top-p": FLOATS, "--seed": st.one_of(INTS, st.just(str(2**64))),
             "--device": DEVICES, "--threads": INTS}
 
