@@ -2,8 +2,22 @@
 
 checkpoint/ holds model.safetensors + config.json (WaveFieldLM.save_pretrained),
 tokenizer.json, train_state.json (step, resolved arguments, optimizer hyper-parameters, data
-fingerprints) and train_state.safetensors (optimizer moments, RNG state): no pickle. It is
-written into a temporary folder and swapped in whole, so a crash leaves the previous one.
+fingerprints) and train_state.safetensors (optimizer moments, RNG state): no pickle.
+
+What survives a kill (SIGKILL, a crash, a full disk) at any moment of save_checkpoint:
+
+  1. the new checkpoint is written whole into .checkpoint.tmp-XXXX/ beside checkpoint/;
+  2. checkpoint/ is renamed to .checkpoint.old/;
+  3. .checkpoint.tmp-XXXX/ is renamed to checkpoint/;
+  4. .checkpoint.old/ is deleted.
+
+Each rename is atomic, and .checkpoint.old/ is only ever deleted while checkpoint/ exists, so
+the run folder always holds one whole checkpoint: checkpoint/, or (a kill between 2 and 3)
+.checkpoint.old/. Loading reads .checkpoint.old/ where checkpoint/ is missing; resuming and
+the next save first rename it back (recover_checkpoint) and remove temporary folders that a
+kill left behind. A failed write (ENOSPC, EFBIG) removes its temporary folder and leaves
+checkpoint/ untouched. This protects against killed processes, not power cuts: nothing is
+fsync'ed.
 """
 
 import json
@@ -14,13 +28,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__
 from .data import Tokenizer
+from .io import save_safetensors
 from .model import WaveFieldLM
 from .errors import MissingError, UserError
 
+OLD_DIR, TMP_PREFIX = ".checkpoint.old", ".checkpoint.tmp-"  # the save's swap: see the module docstring
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
 STATE_VERSION = 2  # 2: the optimizer holds the physical parameters in a third group (train.param_groups)
 
@@ -30,7 +46,30 @@ def checkpoint_dir(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise MissingError(f"{path}: no such folder")
-    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+    for name in (CHECKPOINT_DIR, OLD_DIR):  # OLD_DIR: a kill fell between the two renames of a save
+        if (path / name).is_dir():
+            return path / name
+    return path
+
+
+def recover_checkpoint(out: Path):
+    """Rename .checkpoint.old/ back to checkpoint/ when a kill left only the former."""
+    final, old = out / CHECKPOINT_DIR, out / OLD_DIR
+    if not final.exists() and old.is_dir():
+        try:
+            os.rename(old, final)
+        except FileNotFoundError:  # another rank of the same run renamed it first
+            pass
+
+
+def remove_stale_temporaries(out: Path):
+    """Delete what a kill left of interrupted writes in the run folder: checkpoint folders, and
+    the temporary files of io.atomic_path (metrics.jsonl, curve.png). Only the one writer of a
+    run calls this, so nothing here can be another process's write in progress."""
+    for tmp in out.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def read_state_json(ckpt: Path) -> dict:
@@ -41,6 +80,12 @@ def read_state_json(ckpt: Path) -> dict:
     missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (missing {', '.join(missing)})")
+    kinds = {"step": int, "args": dict, "model_config": dict, "optimizer_param_groups": list, "data": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind) or isinstance(state[k], bool)]
+    if not wrong and not (isinstance(state["data"].get("corpus_digest"), str) and isinstance(state["data"].get("world_size"), int)):
+        wrong = ["data"]
+    if wrong or state["step"] < 0 or not all(isinstance(g, dict) for g in state["optimizer_param_groups"]):
+        raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (wrong type: {', '.join(wrong) or 'step or optimizer_param_groups'})")
     if state.get("state_version") != STATE_VERSION:
         raise UserError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
     return state
@@ -55,8 +100,11 @@ def rng_state() -> dict:
 
 
 def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dict, step: int, data_info: dict, rng_states: list[dict]):
-    """Write checkpoint/ in `out`; rng_states holds one rng_state() per rank."""
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out))
+    """Write checkpoint/ in `out` (the steps and what survives a kill: see the module docstring);
+    rng_states holds one rng_state() per rank."""
+    recover_checkpoint(out)
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
         model.save_pretrained(tmp)
@@ -64,14 +112,13 @@ def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dic
         opt = optimizer.state_dict()
         tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
         tensors.update({f"rng.{rank}.{kind}": t.cpu() for rank, state in enumerate(rng_states) for kind, t in state.items()})
-        save_file(tensors, str(tmp / STATE_TENSORS))
-        os.chmod(tmp / STATE_TENSORS, 0o644)
+        save_safetensors(tensors, tmp / STATE_TENSORS)
         state = {"state_version": STATE_VERSION, "wavefield_version": __version__, "step": step, "args": args,
                  "model_config": model.config.to_dict(), "optimizer_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
                  "data": data_info}
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=2))
-        final, old = out / CHECKPOINT_DIR, out / ".checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
+        final, old = out / CHECKPOINT_DIR, out / OLD_DIR
+        shutil.rmtree(old, ignore_errors=True)  # safe: recover_checkpoint made sure `final` exists
         if final.exists():
             os.rename(final, old)
         os.rename(tmp, final)  # the swap: `final` is either the old or the new checkpoint, whole
@@ -92,7 +139,8 @@ def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0):
             state.setdefault(int(i), {})[k] = v
     groups = [{**g, "params": p["params"]} for g, p in zip(saved["optimizer_param_groups"], optimizer.state_dict()["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    rank = rank if f"rng.{rank}.cpu" in tensors else 0  # resumed on more processes than were saved
+    if f"rng.{rank}.cpu" not in tensors:  # resolve() refuses another world size, so only a damaged file gets here
+        raise UserError(f"{ckpt / STATE_TENSORS} holds no random state for rank {rank}")
     torch.set_rng_state(tensors[f"rng.{rank}.cpu"])
     if f"rng.{rank}.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors[f"rng.{rank}.cuda"])

@@ -179,6 +179,7 @@ def run_generate(args) -> int:
         (args.top_k is None or args.top_k >= 1, f"--top-k must be >= 1, got {args.top_k}"),
         (args.top_p is None or 0 < args.top_p <= 1, f"--top-p must lie in (0, 1], got {args.top_p}"),
         (args.seed is None or 0 <= args.seed < 2**63, f"--seed must be >= 0, got {args.seed}"),
+        (is_utf8(args.prompt), f"--prompt is not valid UTF-8 text: {args.prompt!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -444,6 +445,15 @@ def run_quality(args) -> int:
     return 0
 
 
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates: what Python makes of undecodable bytes in argv."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def add_threads(p):
     p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's, one per core); "
                    "1 is often faster on a machine that other work keeps busy")
@@ -473,6 +483,8 @@ def run_diagnose(args) -> int:
     """Exit 0 when the path-agreement check and the causality audit pass, 1 when one fails, 2 on bad input."""
     from .diagnostics.report import diagnose
 
+    if args.prompt is not None and not is_utf8(args.prompt):
+        raise UserError(f"--prompt is not valid UTF-8 text: {args.prompt!r}")
     report = diagnose(args.dirs, out=args.out, prompt=args.prompt, json_path=args.json)
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     print(f"heads: {len(report['heads'])}, prompt: {len(report['prompt']['ids'])} tokens ({report['prompt']['tokenizer']})")

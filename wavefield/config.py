@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from .errors import UserError
 from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
@@ -11,6 +12,12 @@ FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
 CONFIG_VERSION = 1
+# Upper bounds, so that a hostile or mistyped config (d_model 10^9, n_layers 10^6) is refused
+# before anything is allocated; they are far above any model this library trains:
+MAX_PARAMETERS = 10**11  # 100B parameters (400 GB of float32 weights), from estimated_parameters()
+MAX_LAYERS = 1024
+MAX_SIZES = {"vocab_size": 2**31 - 1, "d_model": 2**16, "n_heads": 2**16, "short_conv": 1024,
+             "chunk_size": 2**16, "mlp_ratio": 64, "reach_max": 1e12, "rope_base": 1e12, "init_std": 10.0, "norm_eps": 1.0}
 
 
 @dataclass
@@ -62,13 +69,14 @@ class WaveFieldConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        if not 1 <= self.n_layers <= MAX_LAYERS:  # first: layer_types below is a list of n_layers entries
+            raise UserError(f"n_layers must be between 1 and {MAX_LAYERS}, got {self.n_layers}")
         if self.layer_types is None:
             self.layer_types = ["wave"] * self.n_layers
         self.layer_types = list(self.layer_types)
         checks = [
             (self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}"),
             (self.d_model >= 1, f"d_model must be >= 1, got {self.d_model}"),
-            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
             (self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}"),
             (self.d_model % max(self.n_heads, 1) == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
             (self.mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {self.mlp_ratio}"),
@@ -86,6 +94,7 @@ class WaveFieldConfig:
             (self.wave_implementation in IMPLEMENTATIONS, f"wave_implementation must be one of {IMPLEMENTATIONS}, got {self.wave_implementation!r}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
         ]
+        checks += self._bounds()
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
@@ -97,6 +106,16 @@ class WaveFieldConfig:
         if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
 
+    def _bounds(self) -> list:
+        """(ok, message) for the upper bounds (MAX_SIZES, MAX_PARAMETERS) and the positive floats;
+        NaN fails every comparison, so it is refused here too."""
+        n = estimated_parameters(self)
+        return [*((getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()),
+                (self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
+                (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
+                (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}"),
+                (n <= MAX_PARAMETERS, f"this config describes about {n:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds")]
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
@@ -106,6 +125,10 @@ class WaveFieldConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "WaveFieldConfig":
+        """A config from parsed config.json; a value of the wrong type (a string, a list, null,
+        a boolean or a float for an integer, NaN or infinity) is a UserError naming the field."""
+        if not isinstance(data, dict):
+            raise UserError(f"a config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("config_version", None)
         if version != CONFIG_VERSION:
@@ -114,9 +137,35 @@ class WaveFieldConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config fields: {', '.join(unknown)}")
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                check_type(f.name, data[f.name], f.default)
         return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def check_type(name: str, value, default):
+    """Refuse a config value whose JSON type differs from the field's (the default's type)."""
+    if name == "layer_types":
+        ok = value is None or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+        expected = "a list of strings"
+    elif isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    else:
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        raise UserError(f"config field {name} must be {expected}, got {json.dumps(value)[:40]}")
+
+
+def estimated_parameters(cfg: WaveFieldConfig) -> float:
+    """An upper bound on the parameter count, from the sizes alone (no tensor is made): the
+    embedding, and per layer at most 6 d x d projections plus an MLP of 3 * mlp_ratio d x d."""
+    d = cfg.d_model
+    return cfg.vocab_size * d + cfg.n_layers * ((6 + 3 * cfg.mlp_ratio) * d * d + (cfg.short_conv + 16) * d)

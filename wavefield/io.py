@@ -1,9 +1,19 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Writing files so that a crash never leaves a half-written one behind.
+
+Every file is written under a temporary name beside its destination and renamed over it in
+one step (os.replace), so a reader sees the old file or the new one, whole, never a mix; a
+write that fails (a full disk, a file-size limit) removes its temporary file and raises an
+OSError with its errno (ENOSPC, EFBIG), which the CLI prints as one line.
+"""
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 
 @contextlib.contextmanager
@@ -24,3 +34,23 @@ def atomic_path(path):
 def write_text_atomic(path, text: str):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None):
+    """safetensors' save_file, atomically; its I/O failures become the OSError they are.
+
+    save_file reports a failed write as SafetensorError("... (os error 27)"): the errno is
+    read back from that message so a full disk or a file-size limit is an ordinary
+    ENOSPC / EFBIG OSError naming the file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise  # not an I/O failure: a bug, keep its traceback
+            number = int(code.group(1))
+            raise OSError(number, f"could not write {path}: {os.strerror(number)}") from None
+
+

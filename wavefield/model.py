@@ -13,16 +13,38 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from .config import WaveFieldConfig
 from .errors import MissingError, UserError
-from .io import atomic_path, write_text_atomic
+from .io import save_safetensors, write_text_atomic
 from .layers import CausalSelfAttention, WaveFieldAttention
 from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes a float parameter loads from
+
+
+def check_weights_header(file: Path, expected: dict):
+    """Refuse a safetensors file whose tensors (read from its header only) are not exactly
+    `expected` {name: (shape, dtype)}: a missing, extra or reshaped tensor, or an integer
+    tensor where the model has floats (any floating dtype loads: it is cast)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{file} cannot be read (truncated or corrupt?): {e}") from None
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if missing or extra:
+        raise UserError(f"{file} does not match its config: " + "; ".join(
+            f"{what} tensors {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for what, names in (("missing", missing), ("unexpected", extra)) if names))
+    for name, (shape, dtype) in expected.items():
+        if found[name][0] != shape:
+            raise UserError(f"{file} does not match its config: {name} has shape {list(found[name][0])}, the config needs {list(shape)}")
+        if dtype.is_floating_point and found[name][1] not in FLOAT_DTYPES:
+            raise UserError(f"{file}: {name} has dtype {found[name][1]}, expected a floating-point type")
 
 
 def physical_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -160,32 +182,37 @@ class WaveFieldLM(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_safetensors(tensors, path / WEIGHTS_NAME, metadata={"format": "pt"})
         write_text_atomic(path / CONFIG_NAME, self.config.to_json())
 
     @classmethod
     def from_pretrained(cls, path, map_location="cpu", dtype=None) -> "WaveFieldLM":
         """Load a folder written by save_pretrained, in eval mode (call .train() to fine-tune),
-        on `map_location`, with floating-point weights cast to `dtype` when one is given."""
+        on `map_location`, with floating-point weights cast to `dtype` when one is given.
+
+        A hostile folder is refused before anything is allocated: config.json is checked for
+        types and bounds (WaveFieldConfig.from_dict), then the model is laid out on the meta
+        device (no memory) and every tensor's name, shape and dtype in the safetensors header
+        must match it, so the weights file itself bounds what is allocated."""
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise MissingError(f"{path} is not a saved wavefield model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        if (path / CONFIG_NAME).stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path / CONFIG_NAME} is {(path / CONFIG_NAME).stat().st_size:,} bytes: not a wavefield config")
         try:
             cfg = WaveFieldConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:
+        except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a 5000-digit number, nested too deep; a bad field
             raise UserError(f"{path / CONFIG_NAME} is not a valid wavefield config: {e}") from None
+        with torch.device("meta"):
+            expected = {k: (tuple(v.shape), v.dtype) for k, v in cls(cfg).state_dict().items()}
+        check_weights_header(path / WEIGHTS_NAME, expected)
         try:
             tensors = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path / WEIGHTS_NAME} cannot be read (truncated or corrupt?): {e}") from None
         model = cls(cfg)
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise UserError(f"{path / WEIGHTS_NAME} does not match its config: {str(e).splitlines()[0]}") from None
+        model.load_state_dict(tensors)  # the header check made names and shapes match: a failure here is a bug
         return model.to(map_location, dtype=dtype).eval()
-
 
 def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled

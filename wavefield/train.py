@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, recover_checkpoint, rng_state, save_checkpoint
 from .config import WaveFieldConfig
 from .data import Tokenizer, load_corpus, prepare_data
 from .evaluate import evaluate_tokens, summarize
@@ -115,6 +115,39 @@ def check_numbers(a: TrainArgs):
         raise UserError(f"unknown preset {a.preset!r} (choose from {', '.join(PRESETS)})")
 
 
+def check_saved_args(base: dict, ckpt: Path) -> dict:
+    """The arguments saved in train_state.json, refused unless they are exactly TrainArgs'
+    fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
+    if base.keys() != fields.keys():
+        raise UserError(f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's "
+                        f"(differing: {', '.join(sorted(base.keys() ^ fields.keys()))})")
+    wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
+    if wrong:
+        raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
+    check_numbers(TrainArgs(**base))
+    return base
+
+
+def check_world_size(saved: dict, ckpt: Path):
+    """Refuse to resume on another number of processes than the checkpoint was trained on:
+    each rank reads its own shard of the data and restores its own random state, so another
+    world size would silently change the batches and the dropout masks. Checked from
+    torchrun's WORLD_SIZE before any process group is set up."""
+    world, trained = env_int("WORLD_SIZE", 1), saved["data"]["world_size"]
+    if world != trained:
+        raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
+                        f"resume it with {trained} (the data shards and random states are per process)")
+
+
+def env_int(name: str, default: int) -> int:
+    """A process-layout variable that torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK), checked."""
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or (name == "WORLD_SIZE" and int(value) < 1):
+        raise UserError(f"{name} must be a {'positive' if name == 'WORLD_SIZE' else 'non-negative'} integer, got {value!r}")
+    return int(value)
+
+
 def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | None]:
     """Fill every None from the checkpoint (on --resume) or the preset; return the checkpoint's
     saved state when resuming. Raises ValueError naming the first problem."""
@@ -125,10 +158,12 @@ def resolve(a: TrainArgs) -> tuple[TrainArgs, WaveFieldConfig | None, dict | Non
     ckpt = out / CHECKPOINT_DIR
     saved = None
     if a.resume:
+        recover_checkpoint(out)  # a kill between the two renames of a save left .checkpoint.old
         if not (ckpt / STATE_JSON).is_file():
             raise MissingError(f"--resume: {out} holds no checkpoint to resume")
         saved = read_state_json(ckpt)
-        base = saved["args"]
+        check_world_size(saved, ckpt)
+        base = check_saved_args(saved["args"], ckpt)
         for k, v in dataclasses.asdict(a).items():
             if k in ("out", "resume", "model") or v is None or k in CHANGEABLE:
                 continue
@@ -279,9 +314,8 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def train(args: TrainArgs):
     """Train as `args` asks; returns the trained WaveFieldLM (on every rank under torchrun)."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
+    distributed = world > 1
     a, cfg, saved = resolve(args)
     device = pick_device(a.device, local_rank)
     if distributed:

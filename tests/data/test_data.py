@@ -120,3 +120,81 @@ def test_gpt2_sized_vocabularies_fit_uint16_and_larger_ones_use_uint32(tmp_path,
     hf = HF.from_str(build_tokenizer("bytes", []).to_str())
     hf.add_tokens([f"<extra_{i}>" for i in range(70000)])
     assert prepare_data(corpus, cache_dir=tmp_path, tokenizer=Tokenizer(hf)).tokens["val"].dtype == np.uint32
+
+
+# ---------------------------------------------------------------- the cache: damage is detected and rebuilt
+
+def cache_entry(cache, corpus, kind="bytes"):
+    from wavefield.data.cache import cache_key
+
+    return cache / cache_key(corpus, f"{kind}-")
+
+
+@pytest.mark.parametrize("damage", ["truncate a .bin", "flip a byte", "delete meta.json", "truncate tokenizer.json", "meta.json not JSON",
+                                    "meta.json of another shape", "delete a .bin"])
+def test_a_damaged_cache_entry_is_rebuilt_never_read(tmp_path, corpus_dir, damage):
+    corpus = load_corpus(str(corpus_dir))
+    good = prepare_data(corpus, "bytes", cache_dir=tmp_path)
+    expected = {s: np.array(good.tokens[s]) for s in ("train", "val", "test")}
+    entry = cache_entry(tmp_path, corpus)
+    assert good.folder == entry
+    del good
+    if damage == "truncate a .bin":
+        (entry / "train.bin").write_bytes((entry / "train.bin").read_bytes()[:-6])
+    elif damage == "flip a byte":  # the size is right: only the checksum sees it
+        data = bytearray((entry / "val.bin").read_bytes())
+        data[100] ^= 0x01
+        (entry / "val.bin").write_bytes(bytes(data))
+    elif damage == "delete meta.json":
+        (entry / "meta.json").unlink()
+    elif damage == "truncate tokenizer.json":
+        (entry / "tokenizer.json").write_text((entry / "tokenizer.json").read_text()[:50])
+    elif damage == "meta.json not JSON":
+        (entry / "meta.json").write_text("{oops")
+    elif damage == "meta.json of another shape":
+        (entry / "meta.json").write_text("[1, 2, 3]")
+    else:
+        (entry / "test.bin").unlink()
+    again = prepare_data(corpus, "bytes", cache_dir=tmp_path)
+    assert again.folder == entry
+    assert all(np.array_equal(np.array(again.tokens[s]), expected[s]) for s in expected)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the damaged entry is gone, no litter
+    assert set(json.loads((entry / "meta.json").read_text())["files"]) == {"train.bin", "val.bin", "test.bin", "tokenizer.json"}
+
+
+def test_a_dangling_alias_is_replaced(tmp_path, corpus_dir):
+    """eval finds an entry through the link keyed by the tokenizer's fingerprint; if its target
+    is gone, the entry is rebuilt in the link's place."""
+    import shutil
+
+    from wavefield.data.cache import cache_key
+
+    corpus = load_corpus(str(corpus_dir))
+    data = prepare_data(corpus, "bytes", cache_dir=tmp_path)
+    alias = tmp_path / cache_key(corpus, data.tokenizer.fingerprint())
+    assert alias.is_symlink()
+    shutil.rmtree(data.folder)
+    again = prepare_data(corpus, cache_dir=tmp_path, tokenizer=data.tokenizer)
+    assert again.folder == alias and np.array_equal(np.array(again.tokens["val"]), np.array(data.tokens["val"]))
+
+
+def test_two_train_processes_filling_one_cache_both_succeed(tmp_path, tiny_flags):
+    """Two real `wavefield train` processes tokenise the same corpus into the same empty cache
+    at once: both finish, and the cache holds one whole entry (plus its alias link)."""
+    import os
+    import subprocess
+    import sys
+
+    from wavefield.data.cache import verify_entry
+
+    cache = tmp_path / "cache"
+    flags = [*tiny_flags, "--max-steps", "1"]
+    flags[flags.index("--cache-dir") + 1] = str(cache)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "wavefield.cli", "train", "--out", str(tmp_path / f"run{i}"), *flags],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    entries = [p for p in cache.iterdir() if not p.is_symlink()]
+    assert len(entries) == 1 and verify_entry(entries[0]) is not None
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []

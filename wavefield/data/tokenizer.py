@@ -20,6 +20,7 @@ from ..errors import MissingError, UserError
 KINDS = ("bpe", "gpt2", "bytes")
 EOS = "<|endoftext|>"
 TOKENIZER_NAME = "tokenizer.json"
+MAX_TOKENIZER_BYTES = 1 << 28  # 256 MB; GPT-2's tokenizer.json is 2 MB, the largest in use a few tens
 
 
 def byte_alphabet() -> list[str]:
@@ -36,6 +37,9 @@ class Tokenizer:
         self.eos_id = hf.token_to_id(EOS)
         if self.eos_id is None:
             raise UserError(f"tokenizer has no {EOS} token")
+        ids = sorted(hf.get_vocab(with_added_tokens=True).values())
+        if ids != list(range(len(ids))) or len(ids) != self.vocab_size:  # else an id could fall outside the model's embedding
+            raise UserError(f"tokenizer ids are not 0..{len(ids) - 1} (largest {ids[-1] if ids else None}): not a tokenizer wavefield wrote")
 
     @property
     def vocab_size(self) -> int:
@@ -66,10 +70,16 @@ class Tokenizer:
         path = Path(folder) / TOKENIZER_NAME
         if not path.is_file():
             raise MissingError(f"{folder} has no {TOKENIZER_NAME}")
+        if path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise UserError(f"{path} is {path.stat().st_size:,} bytes, more than a tokenizer's {MAX_TOKENIZER_BYTES:,}")
         try:
-            return cls(HFTokenizer.from_file(str(path)))
-        except Exception as e:  # tokenizers raises its own Exception type for a bad file
-            raise UserError(f"{path} is not a valid tokenizer: {e}") from None
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a plain Exception for a bad file
+            raise UserError(f"{path} is not a valid tokenizer: {str(e)[:200]}") from None
+        try:
+            return cls(hf)
+        except UserError as e:  # no separator, ids with gaps: name the file
+            raise UserError(f"{path}: {e}") from None
 
 
 def train_bpe(texts: list[str], vocab_size: int = 8192) -> Tokenizer:
