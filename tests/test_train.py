@@ -191,3 +191,33 @@ def test_frozen_physics_trains_everything_but_omega_alpha_phi(tmp_path, tiny_fla
             assert not p.requires_grad and torch.equal(p, dict(fresh.named_parameters())[name])
         elif name.endswith("in_proj.weight"):
             assert not torch.equal(p, dict(fresh.named_parameters())[name])  # the rest did train
+
+
+def test_a_version_1_checkpoint_resumes_as_the_old_code_continued_it(tmp_path, corpus_dir):
+    """tests/fixtures/v1_run: a run of 4 steps saved by wavefield 0.1.0 before the optimizer grew
+    its third group (state version 1), with what that code itself gave when resumed to step 8.
+    Resumed here, the moments must land on their own parameters: the same losses and weights."""
+    import shutil
+    from pathlib import Path
+
+    from wavefield.checkpoint import read_state_json
+
+    fixture = Path(__file__).parent / "fixtures" / "v1_run"
+    out = tmp_path / "run"
+    shutil.copytree(fixture / "checkpoint", out / "checkpoint")
+    state_path = out / "checkpoint" / "train_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["state_version"] == 1 and len(state["optimizer_param_groups"]) == 2
+    state["args"].update(data=str(corpus_dir), out=str(out), cache_dir=str(tmp_path / "cache"))  # the run, moved here
+    state_path.write_text(json.dumps(state))
+    assert read_state_json(out / "checkpoint")["step"] == 4
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "8"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train" and r["step"] > 4]
+    expected = json.loads((fixture / "step8_losses.json").read_text())["train_losses_5_to_8"]
+    assert losses == pytest.approx(expected, rel=1e-6, abs=0)
+    ours, theirs = load_file(str(out / "checkpoint" / "model.safetensors")), load_file(str(fixture / "step8_model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert read_state_json(out / "checkpoint")["state_version"] == 2  # saved again in today's layout

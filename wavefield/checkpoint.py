@@ -39,6 +39,7 @@ from .errors import MissingError, UserError
 OLD_DIR, TMP_PREFIX = ".checkpoint.old", ".checkpoint.tmp-"  # the save's swap: see the module docstring
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
 STATE_VERSION = 2  # 2: the optimizer holds the physical parameters in a third group (train.param_groups)
+READS_VERSIONS = (1, 2)  # a version-1 state is carried over on load (upgrade_optimizer_state)
 
 
 def checkpoint_dir(path) -> Path:
@@ -86,8 +87,8 @@ def read_state_json(ckpt: Path) -> dict:
         wrong = ["data"]
     if wrong or state["step"] < 0 or not all(isinstance(g, dict) for g in state["optimizer_param_groups"]):
         raise UserError(f"{ckpt / STATE_JSON} is not a valid training state (wrong type: {', '.join(wrong) or 'step or optimizer_param_groups'})")
-    if state.get("state_version") != STATE_VERSION:
-        raise UserError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads version {STATE_VERSION}")
+    if state.get("state_version") not in READS_VERSIONS:
+        raise UserError(f"{ckpt / STATE_JSON} has state version {state.get('state_version')!r}; this wavefield reads versions {list(READS_VERSIONS)}")
     return state
 
 
@@ -127,7 +128,24 @@ def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dic
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0):
+def upgrade_optimizer_state(state: dict, groups: list[dict], model, optimizer) -> tuple[dict, list[dict]]:
+    """A version-1 optimizer state in today's layout. Version 1 had two groups: the matrices,
+    then every other parameter (norms, biases and the physical ones) in the model's order;
+    version 2 splits the second group in two, the physical parameters last (train.param_groups).
+    Each saved moment is mapped to its parameter, then to that parameter's place now."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    matrices = {id(p) for p in optimizer.param_groups[0]["params"]}
+    old_order = list(optimizer.param_groups[0]["params"]) + [p for p in model.parameters() if id(p) not in matrices]
+    if len(groups) != 2 or len(old_order) != len(params) or not set(state) <= set(range(len(old_order))):
+        raise UserError("a version-1 training state that does not match its model: it cannot be carried over")
+    place = {id(p): i for i, p in enumerate(params)}
+    state = {place[id(old_order[i])]: moments for i, moments in state.items()}
+    return state, [{**groups[0], "lr_scale": 1.0}, {**groups[1], "lr_scale": 1.0}, {**groups[1], "lr_scale": 1.0}]
+
+
+def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0, model=None):
+    """Restore the optimizer (and this rank's random state) from a checkpoint; `model`, whose
+    parameters the optimizer holds, is needed to carry over a version-1 state."""
     try:
         tensors = load_file(str(ckpt / STATE_TENSORS))
     except (SafetensorError, OSError) as e:
@@ -137,7 +155,10 @@ def load_training_state(ckpt: Path, optimizer, saved: dict, rank: int = 0):
         if key.startswith("optimizer."):
             _, i, k = key.split(".", 2)
             state.setdefault(int(i), {})[k] = v
-    groups = [{**g, "params": p["params"]} for g, p in zip(saved["optimizer_param_groups"], optimizer.state_dict()["param_groups"])]
+    saved_groups = saved["optimizer_param_groups"]
+    if saved["state_version"] == 1:
+        state, saved_groups = upgrade_optimizer_state(state, saved_groups, model, optimizer)
+    groups = [{**g, "params": p["params"]} for g, p in zip(saved_groups, optimizer.state_dict()["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     if f"rng.{rank}.cpu" not in tensors:  # resolve() refuses another world size, so only a damaged file gets here
         raise UserError(f"{ckpt / STATE_TENSORS} holds no random state for rank {rank}")

@@ -358,7 +358,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
     optimizer = make_optimizer(model, a.lr, a.weight_decay)
     start = 0
     if saved:
-        load_training_state(ckpt, optimizer, saved, rank)
+        load_training_state(ckpt, optimizer, saved, rank, model)
         start = saved["step"]
     wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
     run = torch.compile(wrapped) if a.compile else wrapped
