@@ -192,12 +192,13 @@ class WaveFieldLM(nn.Module):
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, N or K, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 
-    def _check_ids(self, name: str, ids) -> list[int]:
-        """eos_token_id / pad_token_id as given (an int, or for eos a list of ints) -> a list of token ids."""
-        values = [ids] if isinstance(ids, int) else ids
-        if not isinstance(values, (list, tuple)) or not values or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.config.vocab_size for t in values):
-            raise UserError(f"{name} must be a token id in [0, {self.config.vocab_size})" + (" or a list of them" if name == "eos_token_id" else "") + f", got {ids!r}")
-        return list(values)
+    def _token_ids(self, name: str, ids, many: bool = False) -> list[int]:
+        """pad_token_id (an int) or, with many, eos_token_id (an int or a list of ints) -> a list of token ids."""
+        values = list(ids) if many and isinstance(ids, (list, tuple)) else [ids]
+        V = self.config.vocab_size
+        if not values or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in values):
+            raise UserError(f"{name} must be a token id in [0, {V})" + (" or a list of them" if many else "") + f", got {ids!r}")
+        return values
 
     @torch.no_grad()
     def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
@@ -211,8 +212,8 @@ class WaveFieldLM(nn.Module):
         stream ends once every row has finished."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
-        eos = torch.tensor(self._check_ids("eos_token_id", eos_token_id), device=input_ids.device) if eos_token_id is not None else None
-        pad = self._check_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
+        eos = torch.tensor(self._token_ids("eos_token_id", eos_token_id, many=True), device=input_ids.device) if eos_token_id is not None else None
+        pad = self._token_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
         mask = self._check_mask(attention_mask, input_ids, None)  # (B, N) bool, None without padding
         if mask is not None and not mask[:, -1].all():
             raise UserError("generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every row")
