@@ -70,8 +70,10 @@ class Block(nn.Module):
 
     def forward(self, x, state=None, return_state: bool = False, mask=None):
         """(x, state) -> (x, new state); the new state is None unless asked for (training never
-        needs it). mask (B, N) bool marks the real tokens (None: all are)."""
-        h = self.mixer(self.norm1(x), state=state, return_state=return_state, mask=mask)
+        needs it). mask (B, N) bool marks the real tokens (None: all are); it reaches the mixer
+        only when given, so a mixer without padding support still runs unpadded batches."""
+        padding = {"mask": mask} if mask is not None else {}
+        h = self.mixer(self.norm1(x), state=state, return_state=return_state, **padding)
         h, state = h if return_state else (h, None)
         x = x + self.drop(h)
         return (x + self.mlp(self.norm2(x)) if self.mlp is not None else x), state
@@ -166,12 +168,14 @@ class WaveFieldLM(nn.Module):
         Face's logits_to_keep).
 
         attention_mask (B, N) of 0/1, bool or any integer dtype, 1 at real tokens: masked
-        tokens influence nothing (left and right padding). Continuing from a state, it may
-        also be the whole mask so far (B, past + N), as Hugging Face passes it: only its last N
-        columns are read, since the state carries what the earlier ones did. A masked
-        position's own logits are don't-care. Left padding is exact, prompt and continuation;
-        right padding is exact at the real positions; a mask between real tokens is not, for
-        wave layers (their field keeps decaying over the masked positions)."""
+        tokens influence nothing. Continuing from a state it may also be the whole mask so far,
+        (B, past + N), as Hugging Face passes it; only its last N columns are read, the state
+        carrying what the earlier ones did. past is checked against an attention layer's KV
+        cache; a state of wave layers only keeps no count, so there any width > N is taken for
+        the whole mask. Left padding is exact, in the prompt and after it (each sample gets the
+        logits it gets alone); right padding is exact at the real positions; masked tokens
+        between real ones are exact for attention layers, not for wave layers (their field
+        keeps decaying over them). A masked position's own logits are don't-care."""
         self._check_inputs(input_ids, state)
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None: no padding
         if targets is not None and (return_state or targets.shape != input_ids.shape):

@@ -12,7 +12,7 @@ reached, and a call continuing from an older state (a second branch from the sam
 copies that state's T positions into a buffer of its own first (copy on write).
 
 Padding: masked keys are seen by no real query, and each sample's tokens take rotary positions
-0, 1, .. counting its real tokens only (cumsum(mask) - 1), so a left-padded sample gets exactly
+0, 1, .. counting its real tokens only (cumsum(mask) - 1, clamped at 0), so a left-padded sample gets exactly
 the scores it gets alone, in prefill and in decoding. A masked query sees itself only (its
 output is don't-care, but finite). Without a mask and without padding in the state, the code
 path is the unmasked one: SDPA's causal and mask-free fast paths.
@@ -158,8 +158,9 @@ def _append(state, k, v, mask=None) -> dict:
     masked = mask is not None or (state is not None and "mask" in state)
     # a state cut to some samples (or made by hand) is no view of the buffer it carries
     views = buf is not None and buf.k.shape[0] == k.shape[0] and (
-        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr())) and (
-        not masked or (buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()))
+        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+    if masked:  # and where there is padding, the key mask too
+        views = views and buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()
     if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
         buf = KVBuffer(k, max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
         if T:
