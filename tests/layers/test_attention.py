@@ -83,7 +83,8 @@ def test_one_query_after_a_past_runs_without_a_mask(monkeypatch):
 @torch.no_grad()
 def test_a_padded_cache_grows_in_place_and_branches_without_corrupting_each_other():
     """After a left-padded prompt the state carries the key mask and each sample's next
-    position; decoding writes both in place, and two branches from one state keep apart."""
+    position; decoding writes both in place, two branches from one state keep apart, and a
+    state cut to some samples continues them."""
     attn, x = layer(4), torch.randn(2, 30, 16)
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[0, :3] = False  # sample 0: three pads, then 27 real tokens
@@ -102,6 +103,9 @@ def test_a_padded_cache_grows_in_place_and_branches_without_corrupting_each_othe
     out_b, _ = attn(x[:, 7:8], state=p, return_state=True)  # a second branch from the prompt: copy on write
     torch.testing.assert_close(out_b, attn(torch.cat([x[:, :5], x[:, 7:8]], 1), mask=mask[:, :6])[:, 5:], atol=1e-6, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip((p["k"], p["mask"], p["next"]), kept))
+    cut = {**p, **{key: p[key][:1] for key in ("k", "v", "mask", "next")}}  # sample 0 alone (a beam search reorders so)
+    out_cut, _ = attn(x[:1, 5:6], state=cut, return_state=True)
+    torch.testing.assert_close(out_cut, attn(x[:1, 3:6])[:, 2:], atol=1e-6, rtol=1e-5)
 
 
 def test_a_bad_padding_state_or_mask_is_refused():
