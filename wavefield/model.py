@@ -138,7 +138,7 @@ class WaveFieldLM(nn.Module):
         if attention_mask.dtype != torch.bool and ((attention_mask != 0) & (attention_mask != 1)).any():
             raise UserError(f"attention_mask must hold only 0 and 1 (1 = a real token), got values in "
                             f"[{attention_mask.min().item()}, {attention_mask.max().item()}]")
-        mask = attention_mask[:, width - N :].bool()  # (B, N): this call's tokens
+        mask = attention_mask[:, width - N :].to(input_ids.device, torch.bool)  # (B, N): this call's tokens
         return None if mask.all() else mask
 
     @staticmethod

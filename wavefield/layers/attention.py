@@ -111,17 +111,18 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"attention layer mask must be a bool tensor of shape {(B, N)}, got {mask.dtype} of shape {tuple(mask.shape)}")
         past = state["k"].shape[2] if state is not None else 0
         padded = mask is not None or (state is not None and "mask" in state)
+        start = past  # without padding, every sample's tokens sit at positions past, past + 1, ..
         if padded:  # each sample's own positions: its real tokens so far
             mask = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=x.device)
-            start = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
-            positions = (start[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
-        q, k, v = self._qkv(x, positions if padded else past)
+            nxt = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
+            start = (nxt[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
+        q, k, v = self._qkv(x, start)
         keys = mask
         if state is not None or return_state:
-            state = _append(state, k, v, mask if padded else None)
+            state = _append(state, k, v, mask)
             k, v, keys = state["k"], state["v"], state.get("mask")  # (B, H, T + N, d); (B, T + N)
             if padded:
-                state["next"] = start + mask.sum(1)
+                state["next"] = nxt + mask.sum(1)
         drop = self.dropout if self.training else 0.0
         if padded:  # query i (at key index past + i) sees the real keys up to itself, and itself
             j = torch.arange(past + N, device=x.device)
