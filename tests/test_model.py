@@ -67,7 +67,7 @@ def test_exact_causality(cfg, N, seed):
     """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
     the j-1 neighbour included, and does move the logits at j."""
     model = model_for(cfg, seed)
-    ids = torch.randint(0, cfg.vocab_size, (1, N), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, cfg.vocab_size, (1, N), generator=torch.Generator(torch.get_default_device()).manual_seed(seed))
     with torch.no_grad():
         before, at_j, scale = leak_per_position(model, ids)
     j = before.argmax().item()
@@ -80,7 +80,7 @@ def test_exact_causality(cfg, N, seed):
 def test_matmul_and_recurrent_paths_leak_exactly_nothing(path, deposit):
     cfg = WaveFieldConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, reach_max=8.0, chunk_size=5, wave_path=path, wave_deposit=deposit)
     model = model_for(cfg, 3)
-    ids = torch.randint(0, 50, (1, 23), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 50, (1, 23), generator=torch.Generator(torch.get_default_device()).manual_seed(0))
     with torch.no_grad():
         before, at_j, _ = leak_per_position(model, ids, batched=False)
     assert before.max() == 0
@@ -98,7 +98,7 @@ def set_path(model, path):
 def test_paths_and_continuation_agree(cfg, N, cuts, seed):
     """FFT == recurrence == chunked, the latter fed in pieces split at random points."""
     model = model_for(cfg, seed)
-    ids = torch.randint(0, cfg.vocab_size, (2, N), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, cfg.vocab_size, (2, N), generator=torch.Generator(torch.get_default_device()).manual_seed(seed))
     with torch.no_grad():
         set_path(model, "fft")
         ref = model(ids)
@@ -120,7 +120,7 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
 def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
     cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer")
     model = model_for(cfg, 0)
-    prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator(torch.get_default_device()).manual_seed(0))
     out = model.generate(prompt, max_new_tokens=64, temperature=0)
     ids = prompt
     with torch.no_grad():
@@ -132,10 +132,10 @@ def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
 def test_sampling_is_reproducible_and_respects_top_k():
     model = model_for(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2), 0)
     prompt = torch.zeros(1, 3, dtype=torch.long)
-    a = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
-    b = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    a = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator(torch.get_default_device()).manual_seed(1))
+    b = model.generate(prompt, 20, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator(torch.get_default_device()).manual_seed(1))
     assert torch.equal(a, b)
-    one = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(2))
+    one = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator(torch.get_default_device()).manual_seed(2))
     assert torch.equal(one, model.generate(prompt, 10, temperature=0))
 
 

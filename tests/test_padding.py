@@ -46,7 +46,7 @@ def assert_close_to(ours, ref):
 
 
 def random_prompts(cfg, lengths, seed):
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     return [torch.randint(0, cfg.vocab_size, (n,), generator=gen) for n in lengths]
 
 
@@ -65,7 +65,7 @@ def test_a_left_padded_batch_gives_each_prompt_its_own_logits_state_and_tokens(c
     model = model_for(cfg, seed)
     prompts = random_prompts(cfg, lengths, seed)
     ids, mask = pad(prompts, "left", value=cfg.vocab_size - 1)
-    after = torch.randint(0, cfg.vocab_size, (len(prompts), more), generator=torch.Generator().manual_seed(seed + 1))
+    after = torch.randint(0, cfg.vocab_size, (len(prompts), more), generator=torch.Generator(torch.get_default_device()).manual_seed(seed + 1))
     with torch.no_grad():
         logits, state = model(ids, attention_mask=mask, return_state=True)
         whole_mask = torch.cat([mask, torch.ones_like(after)], dim=1)  # (B, past + more)

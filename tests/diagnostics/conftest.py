@@ -48,7 +48,7 @@ def trained_run(tmp_path_factory):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     run = tmp_path_factory.mktemp("run")
     records = []
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     for step in range(STEPS + 1):
         if step % EVAL_EVERY == 0:
             model.eval()

@@ -38,7 +38,7 @@ def test_role_thresholds():
 
 
 def test_kernel_energy_closed_form_matches_the_sum():
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     omega = torch.rand(64, generator=g, dtype=torch.float64) * math.pi
     alpha = 10 ** (torch.rand(64, generator=g, dtype=torch.float64) * 3 - 2.5)  # reach 0.3 .. 300 tokens
     phi = (torch.rand(64, generator=g, dtype=torch.float64) - 0.5) * 8

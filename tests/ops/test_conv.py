@@ -9,7 +9,7 @@ from wavefield.ops import short_conv
 
 @pytest.mark.parametrize("N,K", [(1, 4), (2, 4), (3, 4), (50, 4), (7, 1), (9, 3)])
 def test_short_conv_matches_conv1d_with_history(N, K):
-    gen = torch.Generator().manual_seed(N * 10 + K)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(N * 10 + K)
     B, C = 2, 5
     x, history = torch.randn(B, C, N, generator=gen), torch.randn(B, C, K - 1, generator=gen)
     weight, bias = torch.randn(C, K, generator=gen), torch.randn(C, generator=gen)

@@ -10,7 +10,7 @@ from wavefield.ops.kernel import exact_float32
 
 @pytest.mark.parametrize("B, N, K", [(1, 9, 4), (3, 9, 4), (4, 2, 4), (2, 17, 2)])
 def test_conv_weight_gradient_batched_equals_per_sample(B, N, K):
-    gen = torch.Generator().manual_seed(B * N + K)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(B * N + K)
     grad, x, history = torch.randn(B, 6, N, generator=gen), torch.randn(B, 6, N, generator=gen), torch.randn(B, 6, K - 1, generator=gen)
     for lag in range(K):
         per_sample = _lag_dot(grad, x, history, lag, per_sample=True)

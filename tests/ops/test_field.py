@@ -32,7 +32,7 @@ def composed(p, weight, bias, history, omega, alpha, phi, field, n_heads, featur
     (True, True, True, "chunked", 23, True), (False, True, False, "fft", 23, True), (True, False, True, "recurrent", 23, True),
 ])
 def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_state, path, N, masked):
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(7)
     B, H, d, K = 2, 3, 4, 4
     D = H * d
     p = torch.randn(B, (4 if gate else 3) * D, N, generator=gen)
@@ -61,7 +61,7 @@ def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_st
 
 
 def test_gated_field_without_state_matches_and_rejects_unknown_feature_maps():
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(3)
     p = torch.randn(1, 32, 40, generator=gen, requires_grad=True)
     omega, alpha, phi = torch.tensor([0.5, 2.0]), torch.tensor([0.1, 0.02]), torch.tensor([0.3, -1.0])
     z = gated_field(p, None, None, None, omega, alpha, phi, n_heads=2)

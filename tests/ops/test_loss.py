@@ -17,7 +17,7 @@ def _loss_and_grads(fn, hidden, weight, targets):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("M,chunk", [(1, 4), (37, 8), (37, 37), (37, 1000), (64, 16)])
 def test_matches_reference_with_ignored_targets(M, chunk, reduction):
-    gen = torch.Generator().manual_seed(M * 100 + chunk)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(M * 100 + chunk)
     D, V = 12, 29
     hidden, weight = torch.randn(2, M, D, generator=gen), torch.randn(V, D, generator=gen)
     targets = torch.randint(0, V, (2, M), generator=gen)
@@ -30,7 +30,7 @@ def test_matches_reference_with_ignored_targets(M, chunk, reduction):
 
 
 def test_no_grad_and_frozen_weight():
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(0)
     hidden, weight, targets = torch.randn(10, 6, generator=gen), torch.randn(7, 6, generator=gen), torch.randint(0, 7, (10,), generator=gen)
     ref = F.cross_entropy(hidden @ weight.t(), targets)
     with torch.no_grad():
@@ -43,7 +43,7 @@ def test_no_grad_and_frozen_weight():
 
 
 def test_bfloat16_autocast_close_to_float32():
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(1)
     hidden, weight, targets = torch.randn(40, 16, generator=gen), torch.randn(50, 16, generator=gen), torch.randint(0, 50, (40,), generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = _loss_and_grads(lambda h, w, t: linear_cross_entropy(h, w, t, chunk_size=16), hidden, weight, targets)

@@ -15,7 +15,7 @@ from wavefield.ops import OUTER_PATHS, propagate_outer, wave_kernel
 def test_impulse_response_is_the_damped_wave(path):
     """One key-value deposit at t = 0 read by a fixed query comes out as
     (q . k) * v * gain * exp(-alpha t) cos(omega t + phi)."""
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(1)
     H, N, d = 4, 203, 3
     omega, alpha, phi = random_params(H, gen)
     q = torch.randn(1, 1, H, d, generator=gen).expand(1, N, H, d)
@@ -33,7 +33,7 @@ def test_impulse_response_is_the_damped_wave(path):
 
 def test_quadratic_path_is_the_defining_double_sum():
     """y[t] = sum_{s<=t} kappa(t - s) (q[t] . k[s]) v[s], computed term by term in float64."""
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(2)
     B, N, H, d = 2, 41, 3, 4
     omega, alpha, phi = random_params(H, gen)
     q, k, v = (torch.randn(B, N, H, d, generator=gen) for _ in range(3))
@@ -57,7 +57,7 @@ def test_quadratic_path_is_the_defining_double_sum():
 def test_paths_agree_and_continue_exactly(N, H, d, chunk, cuts, seed):
     """quadratic == chunked == recurrence, and any of them split at random points with the
     matrix state carried across gives the same outputs and final state (<= 1e-5 relative)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     omega, alpha, phi = random_params(H, gen)
     q, k, v = (torch.randn(2, N, H, d, generator=gen) for _ in range(3))
     ref, ref_state = propagate_outer(q, k, v, omega, alpha, phi, path="recurrent", return_state=True)

@@ -25,7 +25,7 @@ def random_params(H, gen):
 @pytest.mark.parametrize("path", PATHS)
 def test_impulse_response_is_the_damped_wave(path):
     """A unit deposit at t = 0 comes out as gain * exp(-alpha t) cos(omega t + phi)."""
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(1)
     H, N = 5, 301
     omega, alpha, phi = random_params(H, gen)
     u = torch.zeros(1, N, H, 1)
@@ -57,7 +57,7 @@ def test_kernel_gain_normalises_the_envelope():
 def test_paths_agree_and_continue_exactly(N, H, d, chunk, cuts, seed):
     """FFT == chunked == recurrence, and any of them split at random points with the state
     carried across gives the same outputs and final state (<= 1e-5 relative, float32)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     omega, alpha, phi = random_params(H, gen)
     u = torch.randn(2, N, H, d, generator=gen)
     ref, ref_state = propagate(u, omega, alpha, phi, path="recurrent", return_state=True)
@@ -103,7 +103,7 @@ def test_unknown_path_is_rejected():
 def test_fft_size_shows_what_a_too_short_fft_does():
     """fft_size replaces the exact length: any length >= 2N - 1 gives the same outputs, a
     shorter one wraps the convolution's tail onto the first outputs, and below N it is refused."""
-    gen = torch.Generator().manual_seed(5)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(5)
     N = 100
     omega, alpha, phi = torch.tensor([0.3, 1.0]), torch.tensor([0.01, 0.05]), torch.tensor([0.0, 1.0])
     u = torch.randn(1, 2, 3, N, generator=gen)
@@ -136,7 +136,7 @@ def test_next_fast_len_is_the_smallest_5_smooth_size(n):
 @pytest.mark.parametrize("N,chunk", [(300, 1), (5000, 3)])
 def test_chunked_scan_over_many_chunks_matches_the_recurrence(N, chunk):
     """Thousands of chunks: the scan between chunks recurses over several block levels."""
-    gen = torch.Generator().manual_seed(N)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(N)
     omega, alpha, phi = random_params(3, gen)
     u = torch.randn(1, N, 3, 2, generator=gen)
     state = torch.randn(1, 3, 2, dtype=torch.complex64, generator=gen)
@@ -147,7 +147,7 @@ def test_chunked_scan_over_many_chunks_matches_the_recurrence(N, chunk):
 
 def test_paths_have_the_same_gradients():
     """d(loss)/d(u, omega, alpha, phi) agree between the paths (autograd through each form)."""
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(7)
     params = random_params(3, gen)
     u0 = torch.randn(2, 150, 3, 4, generator=gen)
     weights = torch.randn(2, 150, 3, 4, generator=gen)

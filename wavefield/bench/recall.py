@@ -83,18 +83,19 @@ RECALL_WAVE = {"wave_deposit": "outer", "wave_norm": True, "short_conv": 4, "fea
 
 
 def mqar(n: int, task: RecallTask, generator: torch.Generator):
-    """n examples: inputs (n, seq_len) int64 and targets (n, seq_len), IGNORE off the answers."""
-    P, V, N = task.n_pairs, task.vocab_size, task.seq_len
-    keys = torch.rand(n, V // 2 - 1, generator=generator).argsort(-1)[:, :P] + 1  # distinct, in [1, V/2)
-    values = torch.rand(n, V - V // 2, generator=generator).argsort(-1)[:, :P] + V // 2  # in [V/2, V)
+    """n examples: inputs (n, seq_len) int64 and targets (n, seq_len), IGNORE off the answers, made
+    on the generator's device (a CPU generator gives the same examples whatever the default device)."""
+    P, V, N, on = task.n_pairs, task.vocab_size, task.seq_len, {"device": generator.device}
+    keys = torch.rand(n, V // 2 - 1, generator=generator, **on).argsort(-1)[:, :P] + 1  # distinct, in [1, V/2)
+    values = torch.rand(n, V - V // 2, generator=generator, **on).argsort(-1)[:, :P] + V // 2  # in [V/2, V)
     slots = (N - 2 * P) // 2  # a query may sit at any even offset after the pairs
-    gap_p = task.power_a * torch.arange(1, slots + 1, dtype=torch.float64) ** (task.power_a - 1)
+    gap_p = task.power_a * torch.arange(1, slots + 1, dtype=torch.float64, **on) ** (task.power_a - 1)
     gaps = torch.multinomial(gap_p.expand(n, slots), P, replacement=False, generator=generator)  # (n, P)
-    inputs = torch.zeros(n, N, dtype=torch.long)
+    inputs = torch.zeros(n, N, dtype=torch.long, **on)
     inputs[:, 0 : 2 * P : 2], inputs[:, 1 : 2 * P : 2] = keys, values
     where = 2 * P + 2 * gaps  # query positions
     inputs.scatter_(1, where, keys)
-    targets = torch.full((n, N), IGNORE, dtype=torch.long).scatter_(1, where, values)
+    targets = torch.full((n, N), IGNORE, dtype=torch.long, **on).scatter_(1, where, values)
     return inputs, targets
 
 

@@ -20,7 +20,7 @@ def causality_audit(model, ids: torch.Tensor, tol: float = CAUSALITY_TOL, batch_
     """
     N, V = ids.shape[0], model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
-    swapped = (ids + torch.randint(1, max(V, 2), (N,), generator=g)) % V  # a different token at each j
+    swapped = (ids + torch.randint(1, max(V, 2), (N,), generator=g, device="cpu").to(ids.device)) % V  # a different token at each j
     base = model(ids[None])[0]  # (N, V)
     rows = []
     for start in range(0, N, batch_size):

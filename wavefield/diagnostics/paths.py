@@ -34,7 +34,7 @@ def path_agreement(model, ids=None, fft_size=None) -> dict:
         if xs is not None and m.deposit == "channel":
             u = m.decompose(xs[i][None]).deposits  # (1, H, d, N)
         else:
-            u = torch.randn(1, m.n_heads, m.head_dim, len(ids) if ids is not None else SAMPLE_TOKENS, generator=g)
+            u = torch.randn(1, m.n_heads, m.head_dim, len(ids) if ids is not None else SAMPLE_TOKENS, generator=g, device="cpu").to(m.omega.device)
         fft = propagate_heads(u, m.omega, m.alpha, m.phi, path="fft", fft_size=fft_size)
         chunked = propagate_heads(u, m.omega, m.alpha, m.phi, path="chunked", chunk_size=m.chunk_size)
         layers.append({"layer": i, "gap": ((fft - chunked).abs().max() / chunked.abs().max().clamp_min(1e-30)).item()})
