@@ -49,8 +49,26 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_flags(corpus_dir, cache_dir):
     """A model of ~11K parameters on bytes: a step takes milliseconds."""
-    return ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16",
-            "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4", "--log-interval", "1"]
+    return [
+        "--data",
+        str(corpus_dir),
+        "--tokenizer",
+        "bytes",
+        "--cache-dir",
+        str(cache_dir),
+        "--d-model",
+        "16",
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--log-interval",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -32,14 +32,17 @@ def run_copy(trained_run, tmp_path):
     return out
 
 
-@pytest.mark.parametrize("content, phrase", [
-    (None, "no such file"),
-    (b"", "is empty"),
-    (b"  \n\n", "is empty"),
-    (b"PK\x03\x04\x00\x00\x08\x00binary", "binary"),
-    (b"caf\xe9 latin-1 text", "not UTF-8"),
-    (b"To be, or not to be.", "too small"),
-])
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (None, "no such file"),
+        (b"", "is empty"),
+        (b"  \n\n", "is empty"),
+        (b"PK\x03\x04\x00\x00\x08\x00binary", "binary"),
+        (b"caf\xe9 latin-1 text", "not UTF-8"),
+        (b"To be, or not to be.", "too small"),
+    ],
+)
 def test_bad_corpus(tmp_path, tiny_flags, capsys, content, phrase):
     data = tmp_path / "corpus.txt"
     if content is not None:
@@ -50,20 +53,23 @@ def test_bad_corpus(tmp_path, tiny_flags, capsys, content, phrase):
     assert not (tmp_path / "out" / "checkpoint").exists()
 
 
-@pytest.mark.parametrize("flags, phrase", [
-    (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--layer-types", "wave,retention"], "layer_types entries must be one of"),
-    (["--max-steps", "-5"], "--max-steps must be between 1"),
-    (["--seq-len", "0"], "--seq-len must be between 1"),
-    (["--batch-size", "100000000"], "--batch-size must be between 1"),
-    (["--lr", "1e9"], "--lr must lie in"),
-    (["--lr", "nan"], "--lr must lie in"),
-    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
-    (["--d-model", "10", "--n-heads", "4"], "must be divisible by n_heads"),
-    (["--max-steps", "many"], "invalid int value: 'many'"),
-    (["--wave-norm", "maybe"], "expected true or false"),
-    (["--wave-deposit", "matrix"], "wave_deposit must be one of"),
-])
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+        (["--layer-types", "wave,retention"], "layer_types entries must be one of"),
+        (["--max-steps", "-5"], "--max-steps must be between 1"),
+        (["--seq-len", "0"], "--seq-len must be between 1"),
+        (["--batch-size", "100000000"], "--batch-size must be between 1"),
+        (["--lr", "1e9"], "--lr must lie in"),
+        (["--lr", "nan"], "--lr must lie in"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+        (["--d-model", "10", "--n-heads", "4"], "must be divisible by n_heads"),
+        (["--max-steps", "many"], "invalid int value: 'many'"),
+        (["--wave-norm", "maybe"], "expected true or false"),
+        (["--wave-deposit", "matrix"], "wave_deposit must be one of"),
+    ],
+)
 def test_bad_train_flags(tmp_path, tiny_flags, capsys, flags, phrase):
     fails(["train", "--out", str(tmp_path / "out"), *tiny_flags, *flags], capsys, phrase)
     assert not (tmp_path / "out").exists()
@@ -124,12 +130,15 @@ def test_truncated_tokenizer(run_copy, capsys):
     fails(["generate", str(run_copy)], capsys, "is not a valid tokenizer")
 
 
-@pytest.mark.parametrize("flags, phrase", [
-    (["--temperature", "-1"], "--temperature must be between 0"),
-    (["--top-p", "1.5"], "--top-p must lie in (0, 1]"),
-    (["--top-k", "0"], "--top-k must be >= 1"),
-    (["--max-new-tokens", "-3"], "--max-new-tokens must be between 0"),
-])
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--temperature", "-1"], "--temperature must be between 0"),
+        (["--top-p", "1.5"], "--top-p must lie in (0, 1]"),
+        (["--top-k", "0"], "--top-k must be >= 1"),
+        (["--max-new-tokens", "-3"], "--max-new-tokens must be between 0"),
+    ],
+)
 def test_bad_generate_flags(trained_run, capsys, flags, phrase):
     fails(["generate", str(trained_run), *flags], capsys, phrase)
 
@@ -164,6 +173,7 @@ def test_a_bug_keeps_its_traceback(trained_run, monkeypatch):
     import wavefield.info
 
     for bug in (ValueError("a bug deep inside"), OSError(errno.EIO, "an I/O bug")):
+
         def broken(model, bug=bug):
             raise bug
 

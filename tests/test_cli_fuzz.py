@@ -35,6 +35,7 @@ UNKNOWN = st.sampled_from(["--bogus", "--max-step", "-x", "--", "--help-me"])
 
 def flags(spec: dict, max_flags: int = 4):
     """A list of --flag value pairs drawn from `spec` {flag: strategy or None (a switch)}, sometimes with an unknown flag."""
+
     def build(draw):
         argv = []
         for flag in draw(st.lists(st.sampled_from(sorted(spec)), max_size=max_flags, unique=True)):
@@ -42,6 +43,7 @@ def flags(spec: dict, max_flags: int = 4):
         if draw(st.integers(0, 9)) == 0:
             argv.insert(draw(st.integers(0, len(argv))), draw(UNKNOWN))
         return argv
+
     return st.composite(lambda draw: build(draw))()
 
 
@@ -63,8 +65,15 @@ def places(tmp_path_factory, trained_run):
 
 def resolve(argv, places):
     root = places["root"]
-    names = {"@missing": root / "missing", "@file": root / "file", "@empty": root / "empty", "@junk": root / "junk",
-             "@run": root / "run", "@ckpt": root / "run" / "checkpoint", "@fresh": None}
+    names = {
+        "@missing": root / "missing",
+        "@file": root / "file",
+        "@empty": root / "empty",
+        "@junk": root / "junk",
+        "@run": root / "run",
+        "@ckpt": root / "run" / "checkpoint",
+        "@fresh": None,
+    }
     out = []
     for a in argv:
         if a == "@fresh":
@@ -72,7 +81,7 @@ def resolve(argv, places):
             a = str(root / f"fresh{places['count'][0]}")
         for name, path in names.items():
             if path is not None and a.startswith(name):
-                a = str(path) + a[len(name):]
+                a = str(path) + a[len(name) :]
         out.append(a)
     return out
 
@@ -97,15 +106,44 @@ def check(argv, places):
 
 
 TRAIN = {
-    "--data": st.one_of(PATHS, st.sampled_from(["hf:nope/none", "shakespeare-not", ""])), "--tokenizer": st.sampled_from(["bytes", "wordpiece", ""]),
-    "--out": st.sampled_from(["@fresh", "@file", "@empty", "@file/below", "@run"]), "--seq-len": INTS, "--batch-size": INTS,
-    "--lr": FLOATS, "--min-lr-ratio": FLOATS, "--weight-decay": FLOATS, "--grad-clip": FLOATS, "--seed": INTS, "--warmup-steps": INTS,
-    "--decay-steps": INTS, "--eval-interval": INTS, "--eval-windows": INTS, "--checkpoint-interval": INTS, "--log-interval": INTS,
-    "--vocab-size": INTS, "--device": DEVICES, "--cache-dir": st.sampled_from(["@file", "@file/below", "@fresh"]), "--resume": None,
-    "--threads": INTS, "--d-model": INTS, "--n-layers": INTS, "--n-heads": INTS, "--mlp-ratio": FLOATS, "--short-conv": INTS,
-    "--chunk-size": INTS, "--reach-min": FLOATS, "--reach-max": FLOATS, "--omega-scale": FLOATS, "--rope-base": FLOATS,
-    "--dropout": FLOATS, "--norm-eps": FLOATS, "--init-std": FLOATS, "--layer-types": st.sampled_from(["wave,attention", "wave,,", "", "retention"]),
-    "--wave-norm": st.sampled_from(["true", "maybe", ""]), "--feature-map": st.sampled_from(["silu", "tanh"]), "--wave-path": st.sampled_from(["fft", "warp"]),
+    "--data": st.one_of(PATHS, st.sampled_from(["hf:nope/none", "shakespeare-not", ""])),
+    "--tokenizer": st.sampled_from(["bytes", "wordpiece", ""]),
+    "--out": st.sampled_from(["@fresh", "@file", "@empty", "@file/below", "@run"]),
+    "--seq-len": INTS,
+    "--batch-size": INTS,
+    "--lr": FLOATS,
+    "--min-lr-ratio": FLOATS,
+    "--weight-decay": FLOATS,
+    "--grad-clip": FLOATS,
+    "--seed": INTS,
+    "--warmup-steps": INTS,
+    "--decay-steps": INTS,
+    "--eval-interval": INTS,
+    "--eval-windows": INTS,
+    "--checkpoint-interval": INTS,
+    "--log-interval": INTS,
+    "--vocab-size": INTS,
+    "--device": DEVICES,
+    "--cache-dir": st.sampled_from(["@file", "@file/below", "@fresh"]),
+    "--resume": None,
+    "--threads": INTS,
+    "--d-model": INTS,
+    "--n-layers": INTS,
+    "--n-heads": INTS,
+    "--mlp-ratio": FLOATS,
+    "--short-conv": INTS,
+    "--chunk-size": INTS,
+    "--reach-min": FLOATS,
+    "--reach-max": FLOATS,
+    "--omega-scale": FLOATS,
+    "--rope-base": FLOATS,
+    "--dropout": FLOATS,
+    "--norm-eps": FLOATS,
+    "--init-std": FLOATS,
+    "--layer-types": st.sampled_from(["wave,attention", "wave,,", "", "retention"]),
+    "--wave-norm": st.sampled_from(["true", "maybe", ""]),
+    "--feature-map": st.sampled_from(["silu", "tanh"]),
+    "--wave-path": st.sampled_from(["fft", "warp"]),
     "--preset": st.sampled_from(["tiny", "huge"]),
 }
 
@@ -118,9 +156,19 @@ def test_train(places, tiny_flags, drawn, max_steps):
     check(["train", *tiny_flags, "--out", "@fresh", *drawn, "--max-steps", max_steps], places)
 
 
-EVAL = {"--data": PATHS, "--split": st.sampled_from(["val", "test", "train"]), "--seq-len": INTS, "--batch-size": INTS,
-        "--max-windows": INTS, "--cache-dir": st.sampled_from(["@file", "@fresh", "@missing"]), "--device": DEVICES, "--json": None,
-        "--task": st.sampled_from(["lm", "mmlu"]), "--limit": INTS, "--threads": INTS}
+EVAL = {
+    "--data": PATHS,
+    "--split": st.sampled_from(["val", "test", "train"]),
+    "--seq-len": INTS,
+    "--batch-size": INTS,
+    "--max-windows": INTS,
+    "--cache-dir": st.sampled_from(["@file", "@fresh", "@missing"]),
+    "--device": DEVICES,
+    "--json": None,
+    "--task": st.sampled_from(["lm", "mmlu"]),
+    "--limit": INTS,
+    "--threads": INTS,
+}
 
 
 @FUZZ
@@ -136,8 +184,15 @@ def test_eval_lambada(places, path, limit, drawn):
     check(["eval", path, "--task", "lambada", *drawn, "--limit", limit], places)
 
 
-GENERATE = {"--prompt": PROMPTS, "--temperature": FLOATS, "--top-k": INTS, "--top-p": FLOATS, "--seed": st.one_of(INTS, st.just(str(2**64))),
-            "--device": DEVICES, "--threads": INTS}
+GENERATE = {
+    "--prompt": PROMPTS,
+    "--temperature": FLOATS,
+    "--top-k": INTS,
+    "--top-p": FLOATS,
+    "--seed": st.one_of(INTS, st.just(str(2**64))),
+    "--device": DEVICES,
+    "--threads": INTS,
+}
 
 
 @FUZZ
@@ -154,16 +209,35 @@ def test_info(places, path, drawn):
 
 
 @settings(FUZZ, max_examples=12)
-@given(dirs=st.lists(MODELS, min_size=1, max_size=2), drawn=flags({"--out": st.sampled_from(["@fresh", "@file", "@junk", "@file/below"]),
-                                                                  "--prompt": PROMPTS, "--json": st.sampled_from(["@file", "@empty", "@missing/x.json", "@fresh"])}))
+@given(
+    dirs=st.lists(MODELS, min_size=1, max_size=2),
+    drawn=flags(
+        {
+            "--out": st.sampled_from(["@fresh", "@file", "@junk", "@file/below"]),
+            "--prompt": PROMPTS,
+            "--json": st.sampled_from(["@file", "@empty", "@missing/x.json", "@fresh"]),
+        }
+    ),
+)
 @example(dirs=["@run"], drawn=["--prompt", "a\udcffb", "--out", "@fresh"])
 def test_diagnose(places, dirs, drawn):
     check(["diagnose", *dirs, *drawn], places)
 
 
-SPEED = {"--ops": st.sampled_from(["wave", "flash", "", "wave,,"]), "--lengths": st.sampled_from(["0", "-5", "8,x", ""]), "--modes": st.sampled_from(["forward", "sideways"]),
-         "--parts": st.sampled_from(["mixer", "gpu"]), "--batch": INTS, "--repeats": INTS, "--threads": INTS, "--max-seconds": FLOATS,
-         "--max-memory-gb": FLOATS, "--long-length": INTS, "--decode-contexts": st.sampled_from(["0", "1,2"]), "--quick": None}
+SPEED = {
+    "--ops": st.sampled_from(["wave", "flash", "", "wave,,"]),
+    "--lengths": st.sampled_from(["0", "-5", "8,x", ""]),
+    "--modes": st.sampled_from(["forward", "sideways"]),
+    "--parts": st.sampled_from(["mixer", "gpu"]),
+    "--batch": INTS,
+    "--repeats": INTS,
+    "--threads": INTS,
+    "--max-seconds": FLOATS,
+    "--max-memory-gb": FLOATS,
+    "--long-length": INTS,
+    "--decode-contexts": st.sampled_from(["0", "1,2"]),
+    "--quick": None,
+}
 
 
 @FUZZ
@@ -173,11 +247,26 @@ def test_bench_speed(places, drawn):
     check(["bench", "speed", "--out", "@fresh", *drawn, "--d-model", "6", "--n-heads", "4"], places)
 
 
-RECALL = {"--models": st.sampled_from(["wave", "rnn", ""]), "--tasks": st.sampled_from(["64:4", "64", "x:y", "", "64:4:2"]), "--steps": INTS,
-          "--batch-size": INTS, "--lrs": st.sampled_from(["1e-3", "x", "", "nan"]), "--seeds": st.sampled_from(["0", "a", ""]), "--test-examples": INTS,
-          "--physical-lr-scale": FLOATS, "--d-model": INTS, "--n-layers": INTS, "--n-heads": INTS, "--init-std": FLOATS,
-          "--hybrid-attention": st.sampled_from(["0", "x", "-1"]), "--short-conv": INTS, "--omega-scale": FLOATS,
-          "--reach": st.sampled_from(["1:10", "x", "1:2:3", ""]), "--threads": INTS, "--quick": None}
+RECALL = {
+    "--models": st.sampled_from(["wave", "rnn", ""]),
+    "--tasks": st.sampled_from(["64:4", "64", "x:y", "", "64:4:2"]),
+    "--steps": INTS,
+    "--batch-size": INTS,
+    "--lrs": st.sampled_from(["1e-3", "x", "", "nan"]),
+    "--seeds": st.sampled_from(["0", "a", ""]),
+    "--test-examples": INTS,
+    "--physical-lr-scale": FLOATS,
+    "--d-model": INTS,
+    "--n-layers": INTS,
+    "--n-heads": INTS,
+    "--init-std": FLOATS,
+    "--hybrid-attention": st.sampled_from(["0", "x", "-1"]),
+    "--short-conv": INTS,
+    "--omega-scale": FLOATS,
+    "--reach": st.sampled_from(["1:10", "x", "1:2:3", ""]),
+    "--threads": INTS,
+    "--quick": None,
+}
 
 
 @FUZZ
@@ -187,11 +276,28 @@ def test_bench_recall(places, drawn):
     check(["bench", "recall", *drawn, "--out", "@file"], places)
 
 
-QUALITY = {"--models": st.sampled_from(["wave", "rnn", ""]), "--ablations": st.sampled_from(["nope", ""]), "--preset": st.sampled_from(["tiny", "huge"]),
-           "--steps": INTS, "--sweep-steps": INTS, "--batch-size": INTS, "--seq-len": INTS, "--eval-interval": INTS, "--eval-windows": INTS,
-           "--seed": INTS, "--final-windows": st.one_of(INTS, st.just("all")), "--lrs": st.sampled_from(["1e-3", "x", ""]), "--d-model": INTS,
-           "--n-layers": INTS, "--n-heads": INTS, "--data": PATHS, "--vocab-size": INTS, "--device": st.sampled_from(["cpu", "tpu"]),
-           "--threads": INTS, "--quick": None}
+QUALITY = {
+    "--models": st.sampled_from(["wave", "rnn", ""]),
+    "--ablations": st.sampled_from(["nope", ""]),
+    "--preset": st.sampled_from(["tiny", "huge"]),
+    "--steps": INTS,
+    "--sweep-steps": INTS,
+    "--batch-size": INTS,
+    "--seq-len": INTS,
+    "--eval-interval": INTS,
+    "--eval-windows": INTS,
+    "--seed": INTS,
+    "--final-windows": st.one_of(INTS, st.just("all")),
+    "--lrs": st.sampled_from(["1e-3", "x", ""]),
+    "--d-model": INTS,
+    "--n-layers": INTS,
+    "--n-heads": INTS,
+    "--data": PATHS,
+    "--vocab-size": INTS,
+    "--device": st.sampled_from(["cpu", "tpu"]),
+    "--threads": INTS,
+    "--quick": None,
+}
 
 
 @FUZZ

@@ -26,7 +26,18 @@ def test_two_process_torchrun_keeps_identical_weights(tmp_path, corpus_dir, cach
     out, dump = tmp_path / "run", tmp_path / "dump"
     dump.mkdir()
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(out), str(corpus_dir), str(cache_dir), str(dump)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(worker),
+        str(out),
+        str(corpus_dir),
+        str(cache_dir),
+        str(dump),
+    ]
     launch(cmd)
     rank0, rank1 = load_file(str(dump / "rank0.safetensors")), load_file(str(dump / "rank1.safetensors"))
     saved = load_file(str(out / "checkpoint" / "model.safetensors"))
@@ -49,5 +60,7 @@ def test_two_process_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_pa
     torchrun_train(["--out", str(tmp_path / "whole"), *flags, "--max-steps", "8"])
     torchrun_train(["--out", str(tmp_path / "split"), *flags, "--max-steps", "4"])
     torchrun_train(["--out", str(tmp_path / "split"), "--resume", "--max-steps", "8"])
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines() if '"train"' in line] for run in ("whole", "split")]
+    losses = [
+        [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines() if '"train"' in line] for run in ("whole", "split")
+    ]
     assert len(losses[0]) == 8 and losses[0] == losses[1]

@@ -58,15 +58,29 @@ def assert_one_line_error(result, phrase):
 
 # ---------------------------------------------------------------- SIGKILL
 
+
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_flags):
     """Kill `wavefield train` (a checkpoint every step) three times at random moments, resuming
     each time: after every kill a checkpoint loads, and the finished run has the losses and
     the weights of an uninterrupted one, bit for bit."""
-    flags = [*tiny_flags, "--max-steps", "60", "--decay-steps", "60", "--warmup-steps", "2", "--eval-interval", "1000",
-             "--checkpoint-interval", "1", "--seed", "5"]
+    flags = [
+        *tiny_flags,
+        "--max-steps",
+        "60",
+        "--decay-steps",
+        "60",
+        "--warmup-steps",
+        "2",
+        "--eval-interval",
+        "1000",
+        "--checkpoint-interval",
+        "1",
+        "--seed",
+        "5",
+    ]
     assert main(["train", "--out", str(tmp_path / "whole"), *flags]) == 0
     out, rng, kills = tmp_path / "cut", random.Random(1234), 0
-    for attempt in range(3):
+    for _ in range(3):
         resume = ["--resume"] if out.exists() else []
         proc = subprocess.Popen([*CLI, "train", "--out", str(out), *flags, *resume], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         start = last_step(out) if resume else 0
@@ -112,14 +126,16 @@ def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path, 
 
 # ---------------------------------------------------------------- a file-size limit (EFBIG)
 
+
 def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, tiny_flags):
     """Resume under a 16 KB file-size limit: metrics fit, the 44 KB model.safetensors does not.
     One line, exit 2, the old checkpoint byte for byte, no temporary litter."""
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "3", "--eval-interval", "1000", "--checkpoint-interval", "1"]) == 0
     before = snapshot(out / "checkpoint")
-    result = subprocess.run([*CLI, "train", "--out", str(out), "--resume", "--max-steps", "6"], env=ENV, capture_output=True, text=True,
-                            preexec_fn=file_size_limit(16_000))
+    result = subprocess.run(
+        [*CLI, "train", "--out", str(out), "--resume", "--max-steps", "6"], env=ENV, capture_output=True, text=True, preexec_fn=file_size_limit(16_000)
+    )
     assert_one_line_error(result, "File too large")
     assert "model.safetensors" in result.stderr
     assert snapshot(out / "checkpoint") == before
@@ -131,8 +147,9 @@ def test_a_token_cache_that_cannot_be_written_leaves_no_entry(tmp_path, tiny_fla
     cache = tmp_path / "cache"
     flags = [*tiny_flags, "--max-steps", "1"]
     flags[flags.index("--cache-dir") + 1] = str(cache)
-    result = subprocess.run([*CLI, "train", "--out", str(tmp_path / "run"), *flags], env=ENV, capture_output=True, text=True,
-                            preexec_fn=file_size_limit(8_000))  # train.bin is ~200 KB
+    result = subprocess.run(
+        [*CLI, "train", "--out", str(tmp_path / "run"), *flags], env=ENV, capture_output=True, text=True, preexec_fn=file_size_limit(8_000)
+    )  # train.bin is ~200 KB
     assert_one_line_error(result, "File too large")
     assert list(cache.iterdir()) == []  # no partial entry that a later run would trust, no temporary folder
     assert main(["train", "--out", str(tmp_path / "run2"), *flags]) == 0  # the cache fills normally once there is room
@@ -162,6 +179,7 @@ sys.exit(1)
 
 # ---------------------------------------------------------------- a full disk (ENOSPC)
 
+
 def on_a_full_disk(tmp_path, size_kb: int, script: str) -> subprocess.CompletedProcess:
     """Run the shell `script` with a real tmpfs of size_kb KB mounted at $DISK, in a mount
     namespace of its own (unshare: no privileges needed, nothing mounted outside it)."""
@@ -170,8 +188,7 @@ def on_a_full_disk(tmp_path, size_kb: int, script: str) -> subprocess.CompletedP
     disk = tmp_path / "disk"
     disk.mkdir()
     mount = f'mount -t tmpfs -o size={size_kb}k tmpfs "$DISK" && '
-    return subprocess.run(["unshare", "-rm", "sh", "-c", mount + script], env={**ENV, "DISK": str(disk), "PY": sys.executable},
-                          capture_output=True, text=True)
+    return subprocess.run(["unshare", "-rm", "sh", "-c", mount + script], env={**ENV, "DISK": str(disk), "PY": sys.executable}, capture_output=True, text=True)
 
 
 def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path, tiny_flags):
@@ -180,8 +197,12 @@ def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path, tiny_flags
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *tiny_flags, "--max-steps", "3", "--eval-interval", "1000", "--checkpoint-interval", "1"]) == 0
     size_kb = sum(p.stat().st_size for p in run.rglob("*") if p.is_file()) // 1024 + 60
-    result = on_a_full_disk(tmp_path, size_kb, f'cp -a {run} "$DISK/run" && "$PY" -m wavefield.cli train --out "$DISK/run" --resume --max-steps 6; '
-                                                f'echo $? > {tmp_path}/rc; cp -a "$DISK/run" {tmp_path}/after')
+    result = on_a_full_disk(
+        tmp_path,
+        size_kb,
+        f'cp -a {run} "$DISK/run" && "$PY" -m wavefield.cli train --out "$DISK/run" --resume --max-steps 6; '
+        f'echo $? > {tmp_path}/rc; cp -a "$DISK/run" {tmp_path}/after',
+    )
     assert (tmp_path / "rc").read_text().strip() == "2", result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -194,8 +215,9 @@ def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path, tiny_flags
 def test_a_token_cache_on_a_full_disk_leaves_no_entry(tmp_path, tiny_flags):
     flags = [*tiny_flags, "--max-steps", "1"]
     flags[flags.index("--cache-dir") + 1] = "$DISK/cache"
-    result = on_a_full_disk(tmp_path, 64, f'"$PY" -m wavefield.cli train --out {tmp_path}/run {" ".join(flags)}; echo $? > {tmp_path}/rc; '
-                                          f'ls -A "$DISK/cache" > {tmp_path}/left')
+    result = on_a_full_disk(
+        tmp_path, 64, f'"$PY" -m wavefield.cli train --out {tmp_path}/run {" ".join(flags)}; echo $? > {tmp_path}/rc; ls -A "$DISK/cache" > {tmp_path}/left'
+    )
     assert (tmp_path / "rc").read_text().strip() == "2", result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-2000:]
@@ -203,6 +225,7 @@ def test_a_token_cache_on_a_full_disk_leaves_no_entry(tmp_path, tiny_flags):
 
 
 # ---------------------------------------------------------------- another number of processes
+
 
 def test_resume_with_another_world_size_is_refused(tmp_path, tiny_flags, capsys, monkeypatch):
     """torchrun tells each process the world size in WORLD_SIZE; resolve() reads it before any

@@ -45,14 +45,18 @@ def edit_config(ckpt, **changes):
 
 # ---------------------------------------------------------------- config.json
 
-@pytest.mark.parametrize("text, phrase", [
-    ("{not json", "is not a valid wavefield config"),
-    ("[1, 2, 3]", "must be a JSON object, got list"),
-    ('"a string"', "must be a JSON object, got str"),
-    ("null", "must be a JSON object, got NoneType"),
-    ("[" * 100_000, "is not a valid wavefield config"),
-    ('{"config_version": 1, "d_model": 1' + "0" * 5000 + "}", "is not a valid wavefield config"),
-])
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("{not json", "is not a valid wavefield config"),
+        ("[1, 2, 3]", "must be a JSON object, got list"),
+        ('"a string"', "must be a JSON object, got str"),
+        ("null", "must be a JSON object, got NoneType"),
+        ("[" * 100_000, "is not a valid wavefield config"),
+        ('{"config_version": 1, "d_model": 1' + "0" * 5000 + "}", "is not a valid wavefield config"),
+    ],
+)
 def test_config_that_is_not_a_config(ckpt, capsys, text, phrase):
     (ckpt / "config.json").write_text(text)
     refused(capsys, ckpt, phrase)
@@ -65,32 +69,35 @@ def test_config_that_is_not_utf8_or_huge(ckpt, capsys):
     refused(capsys, ckpt, "not a wavefield config", ("info",))
 
 
-@pytest.mark.parametrize("changes, phrase", [
-    ({"d_model": 10**9}, "d_model must be <= 65536"),
-    ({"vocab_size": 10**12}, "vocab_size must be <="),
-    ({"n_layers": 10**6, "layer_types": None}, "n_layers must be between 1 and 1024"),
-    ({"vocab_size": 2**31 - 1, "d_model": 4096, "n_heads": 4}, "more than the 1e+11"),
-    ({"d_model": "16"}, "d_model must be an integer"),
-    ({"d_model": [16]}, "d_model must be an integer"),
-    ({"d_model": None}, "d_model must be an integer"),
-    ({"d_model": True}, "d_model must be an integer"),
-    ({"d_model": 16.0}, "d_model must be an integer"),
-    ({"d_model": -16}, "d_model must be >= 1"),
-    ({"n_heads": 0}, "n_heads must be >= 1"),
-    ({"mlp_ratio": float("nan")}, "mlp_ratio must be a finite number"),
-    ({"reach_max": float("inf")}, "reach_max must be a finite number"),
-    ({"rope_base": -1.0}, "rope_base must be > 0"),
-    ({"norm_eps": 0}, "norm_eps must be > 0"),
-    ({"chunk_size": 10**8}, "chunk_size must be <="),
-    ({"layer_types": "wave"}, "layer_types must be a list of strings"),
-    ({"layer_types": [1, 2]}, "layer_types must be a list of strings"),
-    ({"wave_norm": "yes"}, "wave_norm must be true or false"),
-    ({"feature_map": 3}, "feature_map must be a string"),
-    ({"dropout": 2.0}, "dropout must be in [0, 1)"),
-    ({"surprise": 1}, "unknown config fields: surprise"),
-    ({"d_model": 32}, "does not match its config"),  # valid config, but not the weights' shapes
-    ({"vocab_size": 10**9}, "does not match its config"),  # 16e9 parameters: allowed by the bound, refused by the file
-])
+@pytest.mark.parametrize(
+    "changes, phrase",
+    [
+        ({"d_model": 10**9}, "d_model must be <= 65536"),
+        ({"vocab_size": 10**12}, "vocab_size must be <="),
+        ({"n_layers": 10**6, "layer_types": None}, "n_layers must be between 1 and 1024"),
+        ({"vocab_size": 2**31 - 1, "d_model": 4096, "n_heads": 4}, "more than the 1e+11"),
+        ({"d_model": "16"}, "d_model must be an integer"),
+        ({"d_model": [16]}, "d_model must be an integer"),
+        ({"d_model": None}, "d_model must be an integer"),
+        ({"d_model": True}, "d_model must be an integer"),
+        ({"d_model": 16.0}, "d_model must be an integer"),
+        ({"d_model": -16}, "d_model must be >= 1"),
+        ({"n_heads": 0}, "n_heads must be >= 1"),
+        ({"mlp_ratio": float("nan")}, "mlp_ratio must be a finite number"),
+        ({"reach_max": float("inf")}, "reach_max must be a finite number"),
+        ({"rope_base": -1.0}, "rope_base must be > 0"),
+        ({"norm_eps": 0}, "norm_eps must be > 0"),
+        ({"chunk_size": 10**8}, "chunk_size must be <="),
+        ({"layer_types": "wave"}, "layer_types must be a list of strings"),
+        ({"layer_types": [1, 2]}, "layer_types must be a list of strings"),
+        ({"wave_norm": "yes"}, "wave_norm must be true or false"),
+        ({"feature_map": 3}, "feature_map must be a string"),
+        ({"dropout": 2.0}, "dropout must be in [0, 1)"),
+        ({"surprise": 1}, "unknown config fields: surprise"),
+        ({"d_model": 32}, "does not match its config"),  # valid config, but not the weights' shapes
+        ({"vocab_size": 10**9}, "does not match its config"),  # 16e9 parameters: allowed by the bound, refused by the file
+    ],
+)
 def test_config_with_hostile_values(ckpt, capsys, changes, phrase):
     edit_config(ckpt, **changes)
     refused(capsys, ckpt, phrase)
@@ -108,21 +115,25 @@ def test_a_legit_large_config_is_allowed():
 
 # ---------------------------------------------------------------- model.safetensors
 
+
 def header_file(path, header: dict, data: bytes = b"", length=None):
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
 
 
-@pytest.mark.parametrize("damage, phrase", [
-    ("random bytes", "cannot be read"),
-    ("empty", "cannot be read"),
-    ("header length beyond the file", "cannot be read"),
-    ("offsets beyond the file", "cannot be read"),
-    ("integer dtype", "expected a floating-point type"),
-    ("wrong shape", "has shape [16, 16], the config needs"),
-    ("missing tensor", "missing tensors embed.weight"),
-    ("extra tensor", "unexpected tensors surprise"),
-])
+@pytest.mark.parametrize(
+    "damage, phrase",
+    [
+        ("random bytes", "cannot be read"),
+        ("empty", "cannot be read"),
+        ("header length beyond the file", "cannot be read"),
+        ("offsets beyond the file", "cannot be read"),
+        ("integer dtype", "expected a floating-point type"),
+        ("wrong shape", "has shape [16, 16], the config needs"),
+        ("missing tensor", "missing tensors embed.weight"),
+        ("extra tensor", "unexpected tensors surprise"),
+    ],
+)
 def test_weights_whose_header_lies(ckpt, capsys, damage, phrase):
     weights = ckpt / "model.safetensors"
     tensors = load_file(str(weights))
@@ -156,19 +167,23 @@ def test_weights_in_another_float_dtype_still_load(ckpt):
 
 # ---------------------------------------------------------------- tokenizer.json
 
+
 def tokenizer_json(ckpt):
     return json.loads((ckpt / "tokenizer.json").read_text())
 
 
-@pytest.mark.parametrize("damage, phrase", [
-    ("random bytes", "is not a valid tokenizer"),
-    ("JSON of another shape", "is not a valid tokenizer"),
-    ("a list", "is not a valid tokenizer"),
-    ("an id beyond u32", "is not a valid tokenizer"),
-    ("an id far beyond the vocabulary", "tokenizer ids are not 0..257"),
-    ("no separator", "has no <|endoftext|> token"),
-    ("huge", "more than a tokenizer's"),
-])
+@pytest.mark.parametrize(
+    "damage, phrase",
+    [
+        ("random bytes", "is not a valid tokenizer"),
+        ("JSON of another shape", "is not a valid tokenizer"),
+        ("a list", "is not a valid tokenizer"),
+        ("an id beyond u32", "is not a valid tokenizer"),
+        ("an id far beyond the vocabulary", "tokenizer ids are not 0..257"),
+        ("no separator", "has no <|endoftext|> token"),
+        ("huge", "more than a tokenizer's"),
+    ],
+)
 def test_tokenizer_that_lies(ckpt, capsys, damage, phrase):
     path = ckpt / "tokenizer.json"
     tok = tokenizer_json(ckpt)
@@ -194,6 +209,7 @@ def test_tokenizer_that_lies(ckpt, capsys, damage, phrase):
 
 
 # ---------------------------------------------------------------- no pickle anywhere
+
 
 def test_the_package_never_unpickles():
     """Checkpoints are JSON and safetensors only: no torch.load, pickle, weights_only=False,
@@ -222,18 +238,22 @@ def test_the_package_never_unpickles():
 
 # ---------------------------------------------------------------- train_state.json
 
-@pytest.mark.parametrize("change, phrase", [
-    (lambda s: [s], "not a valid training state"),
-    (lambda s: {**s, "step": "60"}, "wrong type: step"),
-    (lambda s: {**s, "step": -1}, "not a valid training state"),
-    (lambda s: {**s, "data": [1]}, "wrong type: data"),
-    (lambda s: {**s, "data": {}}, "wrong type: data"),
-    (lambda s: {**s, "optimizer_param_groups": [1, 2]}, "not a valid training state"),
-    (lambda s: {**s, "args": {**s["args"], "seq_len": "32"}}, "the saved arguments seq_len have the wrong type"),
-    (lambda s: {**s, "args": {**s["args"], "batch_size": -4}}, "--batch-size must be between 1"),
-    (lambda s: {**s, "args": {k: v for k, v in s["args"].items() if k != "lr"}}, "differing: lr"),
-    (lambda s: {**s, "args": {**s["args"], "future_flag": 1}}, "differing: future_flag"),
-])
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        (lambda s: [s], "not a valid training state"),
+        (lambda s: {**s, "step": "60"}, "wrong type: step"),
+        (lambda s: {**s, "step": -1}, "not a valid training state"),
+        (lambda s: {**s, "data": [1]}, "wrong type: data"),
+        (lambda s: {**s, "data": {}}, "wrong type: data"),
+        (lambda s: {**s, "optimizer_param_groups": [1, 2]}, "not a valid training state"),
+        (lambda s: {**s, "args": {**s["args"], "seq_len": "32"}}, "the saved arguments seq_len have the wrong type"),
+        (lambda s: {**s, "args": {**s["args"], "batch_size": -4}}, "--batch-size must be between 1"),
+        (lambda s: {**s, "args": {k: v for k, v in s["args"].items() if k != "lr"}}, "differing: lr"),
+        (lambda s: {**s, "args": {**s["args"], "future_flag": 1}}, "differing: future_flag"),
+    ],
+)
 def test_resume_from_a_hostile_train_state(trained_run, tmp_path, capsys, change, phrase):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

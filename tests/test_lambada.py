@@ -26,7 +26,7 @@ def test_greedy_continuations_score_as_correct_and_altered_ones_do_not(trained_r
     examples = []
     for context, _ in load_lambada(limit=4):
         ids = torch.tensor([tokenizer.encode(context)[-32:]])
-        greedy = model.generate(ids, 3, temperature=0)[0, ids.shape[1]:].tolist()
+        greedy = model.generate(ids, 3, temperature=0)[0, ids.shape[1] :].tolist()
         text = tokenizer.decode(greedy)
         assert tokenizer.encode(text) == greedy  # bytes: the text round-trips
         examples.append((tokenizer.decode(ids[0].tolist()), text))

@@ -11,7 +11,7 @@ from wavefield import WaveFieldConfig, WaveFieldLM
 
 
 @st.composite
-def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):
+def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):  # noqa: B008 (a hypothesis strategy, built once)
     n_heads = draw(st.sampled_from([1, 2, 4]))
     head_dim = draw(st.sampled_from([2, 4, 8]))
     n_layers = draw(st.integers(1, 3))
@@ -62,7 +62,9 @@ def leak_per_position(model, ids, batched=True):
 @given(cfg=configs(), N=st.integers(1, 150), seed=st.integers(0, 1000))
 @example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8), N=97, seed=0)
 @example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=4, layer_types=["wave", "attention", "wave"], reach_max=4.0), N=131, seed=1)
-@example(cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8, wave_deposit="outer", wave_norm=True), N=97, seed=2)
+@example(
+    cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8, wave_deposit="outer", wave_norm=True), N=97, seed=2
+)
 def test_exact_causality(cfg, N, seed):
     """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
     the j-1 neighbour included, and does move the logits at j."""
@@ -118,7 +120,9 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
 @pytest.mark.parametrize("deposit", ["channel", "outer"])
 @pytest.mark.parametrize("layer_types", [["wave", "wave"], ["attention", "wave"]])
 def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
-    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer")
+    cfg = WaveFieldConfig(
+        vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer"
+    )
     model = model_for(cfg, 0)
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator(torch.get_default_device()).manual_seed(0))
     out = model.generate(prompt, max_new_tokens=64, temperature=0)
@@ -234,8 +238,15 @@ def test_empty_input_is_handled():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(n_heads=3), dict(layer_types=["wave"]), dict(layer_types=["wave", "mamba"]), dict(feature_map="relu2"), dict(reach_min=0.0), dict(wave_path="gpu"),
-     dict(wave_deposit="matrix")],
+    [
+        dict(n_heads=3),
+        dict(layer_types=["wave"]),
+        dict(layer_types=["wave", "mamba"]),
+        dict(feature_map="relu2"),
+        dict(reach_min=0.0),
+        dict(wave_path="gpu"),
+        dict(wave_deposit="matrix"),
+    ],
 )
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
@@ -253,11 +264,20 @@ def test_from_pretrained_returns_an_eval_mode_model_in_the_asked_dtype(tmp_path)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("kwargs, phrase", [
-    ({"top_p": 0.0}, "top_p"), ({"top_p": -0.5}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
-    ({"top_k": 0}, "top_k"), ({"top_k": -3}, "top_k"), ({"top_k": 2.5}, "top_k"),
-    ({"temperature": -1.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs, phrase",
+    [
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": -0.5}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": -3}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+    ],
+)
 def test_sample_rejects_settings_out_of_range(kwargs, phrase):
     from wavefield.model import sample
 

@@ -206,9 +206,16 @@ def test_bad_masks_are_refused_naming_what_was_expected(layer_types):
     model = model_for(WaveFieldConfig(vocab_size=32, d_model=16, n_layers=len(layer_types), n_heads=2, layer_types=layer_types), 10)
     ids = torch.randint(0, 32, (2, 5))
     ones = torch.ones(2, 5, dtype=torch.long)
-    for bad, needle in [(torch.ones(2, 6, dtype=torch.long), r"\(batch, seq_len\) = \(2, 5\)"), (torch.ones(3, 5, dtype=torch.long), "shape"),
-                        (torch.ones(5, dtype=torch.long), "shape"), (torch.full((2, 5), 0.5), "bool or integer"),
-                        (torch.ones(2, 5), "bool or integer"), (2 * ones, "only 0 and 1"), (-ones, "only 0 and 1"), ([[1] * 5] * 2, "bool or integer")]:
+    for bad, needle in [
+        (torch.ones(2, 6, dtype=torch.long), r"\(batch, seq_len\) = \(2, 5\)"),
+        (torch.ones(3, 5, dtype=torch.long), "shape"),
+        (torch.ones(5, dtype=torch.long), "shape"),
+        (torch.full((2, 5), 0.5), "bool or integer"),
+        (torch.ones(2, 5), "bool or integer"),
+        (2 * ones, "only 0 and 1"),
+        (-ones, "only 0 and 1"),
+        ([[1] * 5] * 2, "bool or integer"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             model(ids, attention_mask=bad)
     with pytest.raises(ValueError, match="left-padded"):

@@ -32,9 +32,9 @@ from safetensors.torch import load_file
 
 from . import __version__
 from .data import Tokenizer
+from .errors import MissingError, UserError
 from .io import save_safetensors
 from .model import WaveFieldLM
-from .errors import MissingError, UserError
 
 OLD_DIR, TMP_PREFIX = ".checkpoint.old", ".checkpoint.tmp-"  # the save's swap: see the module docstring
 CHECKPOINT_DIR, STATE_JSON, STATE_TENSORS = "checkpoint", "train_state.json", "train_state.safetensors"
@@ -114,9 +114,15 @@ def save_checkpoint(out: Path, model, optimizer, tokenizer: Tokenizer, args: dic
         tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
         tensors.update({f"rng.{rank}.{kind}": t.cpu() for rank, state in enumerate(rng_states) for kind, t in state.items()})
         save_safetensors(tensors, tmp / STATE_TENSORS)
-        state = {"state_version": STATE_VERSION, "wavefield_version": __version__, "step": step, "args": args,
-                 "model_config": model.config.to_dict(), "optimizer_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
-                 "data": data_info}
+        state = {
+            "state_version": STATE_VERSION,
+            "wavefield_version": __version__,
+            "step": step,
+            "args": args,
+            "model_config": model.config.to_dict(),
+            "optimizer_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
+            "data": data_info,
+        }
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=2))
         final, old = out / CHECKPOINT_DIR, out / OLD_DIR
         shutil.rmtree(old, ignore_errors=True)  # safe: recover_checkpoint made sure `final` exists

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+
 from .errors import UserError
 from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
 
@@ -16,8 +17,18 @@ CONFIG_VERSION = 1
 # before anything is allocated; they are far above any model this library trains:
 MAX_PARAMETERS = 10**11  # 100B parameters (400 GB of float32 weights), from estimated_parameters()
 MAX_LAYERS = 1024
-MAX_SIZES = {"vocab_size": 2**31 - 1, "d_model": 2**16, "n_heads": 2**16, "short_conv": 1024,
-             "chunk_size": 2**16, "mlp_ratio": 64, "reach_max": 1e12, "rope_base": 1e12, "init_std": 10.0, "norm_eps": 1.0}
+MAX_SIZES = {
+    "vocab_size": 2**31 - 1,
+    "d_model": 2**16,
+    "n_heads": 2**16,
+    "short_conv": 1024,
+    "chunk_size": 2**16,
+    "mlp_ratio": 64,
+    "reach_max": 1e12,
+    "rope_base": 1e12,
+    "init_std": 10.0,
+    "norm_eps": 1.0,
+}
 
 
 @dataclass
@@ -110,11 +121,13 @@ class WaveFieldConfig:
         """(ok, message) for the upper bounds (MAX_SIZES, MAX_PARAMETERS) and the positive floats;
         NaN fails every comparison, so it is refused here too."""
         n = estimated_parameters(self)
-        return [*((getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()),
-                (self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
-                (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
-                (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}"),
-                (n <= MAX_PARAMETERS, f"this config describes about {n:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds")]
+        return [
+            *((getattr(self, k) <= v, f"{k} must be <= {v:g}, got {getattr(self, k)}") for k, v in MAX_SIZES.items()),
+            (self.rope_base > 0, f"rope_base must be > 0, got {self.rope_base}"),
+            (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
+            (self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}"),
+            (n <= MAX_PARAMETERS, f"this config describes about {n:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this wavefield builds"),
+        ]
 
     @property
     def head_dim(self) -> int:

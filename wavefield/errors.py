@@ -20,10 +20,24 @@ class MissingError(UserError, FileNotFoundError):
 
 # OSErrors that come from the user's machine rather than from a bug: a path that is missing,
 # forbidden or of the wrong kind, a full disk, a file-size limit, a read-only file system
-ENVIRONMENT_ERRNOS = frozenset({
-    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY,
-    errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV,
-})
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+        errno.ENOSPC,
+        errno.EFBIG,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EXDEV,
+    }
+)
 
 
 def is_environment_error(e: BaseException) -> bool:

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import torch
+
 from .errors import UserError
 
 
@@ -34,12 +35,12 @@ def evaluate_tokens(model, tokens, seq_len: int, batch_size: int = 8, device="cp
     nll, count = 0.0, 0
     starts = window_starts(len(tokens), seq_len, max_windows)
     full = [s for s in starts if s + seq_len + 1 <= len(tokens)]
-    groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
     groups += [[s] for s in starts if s + seq_len + 1 > len(tokens)]  # the shorter last window
     device = torch.device(device)
     for group in groups:
         n = min(seq_len, len(tokens) - 1 - group[0])
-        chunk = torch.from_numpy(np.stack([np.asarray(tokens[s:s + n + 1], dtype=np.int64) for s in group])).to(device)  # (b, n+1)
+        chunk = torch.from_numpy(np.stack([np.asarray(tokens[s : s + n + 1], dtype=np.int64) for s in group])).to(device)  # (b, n+1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(chunk[:, :-1], targets=chunk[:, 1:])  # mean over the window's tokens, no (b, n, vocab) logits
         nll += loss.item() * chunk[:, 1:].numel()
@@ -70,5 +71,4 @@ def evaluate_checkpoint(path, data=None, split="val", seq_len=None, batch_size=8
     if len(tokens.tokens[split]) < 2:
         raise UserError(f"the {split} split of {corpus.name} has {len(tokens.tokens[split])} tokens, too few to score")
     result = evaluate_tokens(model, tokens.tokens[split], seq_len, batch_size, device, max_windows)
-    return {"corpus": corpus.name, "split": split, "seq_len": seq_len,
-            **summarize(result["nll"], result["tokens"], tokens.bytes_per_token(split))}
+    return {"corpus": corpus.name, "split": split, "seq_len": seq_len, **summarize(result["nll"], result["tokens"], tokens.bytes_per_token(split))}

@@ -4,8 +4,9 @@ recurrent state (model.stream), and the text is yielded as soon as it is whole U
 import torch
 
 
-def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
-                top_k=None, top_p=None, seed: int | None = None, device="cpu"):
+def stream_text(
+    model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k=None, top_p=None, seed: int | None = None, device="cpu"
+):
     """Yield pieces of generated text; an empty prompt starts a new document."""
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -14,7 +15,7 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temper
         new.append(token.item())
         text = tokenizer.decode(new)
         if not text.endswith("\ufffd"):  # else a multi-byte character may still be incomplete
-            yield text[len(shown):]
+            yield text[len(shown) :]
             shown = text
     if new and len(text) > len(shown):  # bytes that never became a character
-        yield text[len(shown):]
+        yield text[len(shown) :]

@@ -11,12 +11,14 @@ def head_physics(model) -> list[dict]:
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
         if isinstance(mixer, WaveFieldAttention):
-            heads.append({
-                "layer": i,
-                "omega": mixer.omega.detach().float().cpu().tolist(),
-                "alpha": mixer.alpha.detach().float().cpu().tolist(),
-                "phi": mixer.phi.detach().float().cpu().tolist(),
-            })
+            heads.append(
+                {
+                    "layer": i,
+                    "omega": mixer.omega.detach().float().cpu().tolist(),
+                    "alpha": mixer.alpha.detach().float().cpu().tolist(),
+                    "phi": mixer.phi.detach().float().cpu().tolist(),
+                }
+            )
     return heads
 
 
@@ -24,12 +26,15 @@ def describe(model) -> dict:
     cfg = model.config
     layers = []
     for i, block in enumerate(model.blocks):
-        layers.append({
-            "layer": i, "type": cfg.layer_types[i],
-            "mixer": sum(p.numel() for p in block.mixer.parameters()),
-            "mlp": sum(p.numel() for p in block.mlp.parameters()) if block.mlp is not None else 0,  # mlp_ratio 0: no MLP
-            "norms": sum(p.numel() for norm in (block.norm1, block.norm2) if norm is not None for p in norm.parameters()),
-        })
+        layers.append(
+            {
+                "layer": i,
+                "type": cfg.layer_types[i],
+                "mixer": sum(p.numel() for p in block.mixer.parameters()),
+                "mlp": sum(p.numel() for p in block.mlp.parameters()) if block.mlp is not None else 0,  # mlp_ratio 0: no MLP
+                "norms": sum(p.numel() for norm in (block.norm1, block.norm2) if norm is not None for p in norm.parameters()),
+            }
+        )
     return {
         "parameters": {"total": model.num_parameters(), "embedding (tied to output)": model.embed.weight.numel(), "layers": layers},
         "config": cfg.to_dict(),

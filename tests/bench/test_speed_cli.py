@@ -12,8 +12,27 @@ from wavefield.cli import main
 
 def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "speed", "--quick", "--out", str(out), "--ops", "wave,wave-lean,wave-fft,sdpa,sliding", "--lengths", "64",
-            "--repeats", "1", "--train-lengths", "32", "--decode-contexts", "8,32", "--long-length", "300", "--threads", "1"]
+    argv = [
+        "bench",
+        "speed",
+        "--quick",
+        "--out",
+        str(out),
+        "--ops",
+        "wave,wave-lean,wave-fft,sdpa,sliding",
+        "--lengths",
+        "64",
+        "--repeats",
+        "1",
+        "--train-lengths",
+        "32",
+        "--decode-contexts",
+        "8,32",
+        "--long-length",
+        "300",
+        "--threads",
+        "1",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "speed.json").read_text())
     records = results["records"]
@@ -36,18 +55,33 @@ def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
 
 
 def test_budget_skips_instead_of_running(tmp_path):
-    argv = ["bench", "speed", "--quick", "--out", str(tmp_path), "--ops", "materialised", "--lengths", "64",
-            "--parts", "mixer", "--modes", "forward", "--max-memory-gb", "0.000001"]
+    argv = [
+        "bench",
+        "speed",
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--ops",
+        "materialised",
+        "--lengths",
+        "64",
+        "--parts",
+        "mixer",
+        "--modes",
+        "forward",
+        "--max-memory-gb",
+        "0.000001",
+    ]
     assert main(argv) == 0
     mixer = [r for r in json.loads((tmp_path / "speed.json").read_text())["records"] if r["kind"] == "mixer"]
     assert len(mixer) == 1 and mixer[0]["skipped"] and "GiB" in mixer[0]["reason"] and mixer[0]["seconds"] is None
 
 
-@pytest.mark.parametrize("args,needle", [(["--lengths", "12,x"], "--lengths"), (["--ops", "flash"], "flash"),
-                                         (["--d-model", "30", "--n-heads", "4"], "--d-model")])
+@pytest.mark.parametrize(
+    "args,needle", [(["--lengths", "12,x"], "--lengths"), (["--ops", "flash"], "flash"), (["--d-model", "30", "--n-heads", "4"], "--d-model")]
+)
 def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
-    proc = subprocess.run([sys.executable, "-m", "wavefield.cli", "bench", "speed", "--quick", "--out", str(tmp_path), *args],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "wavefield.cli", "bench", "speed", "--quick", "--out", str(tmp_path), *args], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr

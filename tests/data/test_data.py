@@ -41,7 +41,10 @@ def test_jsonl_records_and_folders(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "more.txt").write_text("a text file in a sub-folder")
     folder = load_corpus(str(tmp_path))
-    assert sum(len(v) for v in folder.splits.values()) == 21 and "a text file in a sub-folder" in folder.splits["train"] + folder.splits["val"] + folder.splits["test"]
+    assert (
+        sum(len(v) for v in folder.splits.values()) == 21
+        and "a text file in a sub-folder" in folder.splits["train"] + folder.splits["val"] + folder.splits["test"]
+    )
     (tmp_path / "bad.jsonl").write_text('{"title": "no text"}\n')
     with pytest.raises(ValueError, match='line 1 has no string field "text"'):
         load_corpus(str(tmp_path / "bad.jsonl"))
@@ -124,14 +127,17 @@ def test_gpt2_sized_vocabularies_fit_uint16_and_larger_ones_use_uint32(tmp_path,
 
 # ---------------------------------------------------------------- the cache: damage is detected and rebuilt
 
+
 def cache_entry(cache, corpus, kind="bytes"):
     from wavefield.data.cache import cache_key
 
     return cache / cache_key(corpus, f"{kind}-")
 
 
-@pytest.mark.parametrize("damage", ["truncate a .bin", "flip a byte", "delete meta.json", "truncate tokenizer.json", "meta.json not JSON",
-                                    "meta.json of another shape", "delete a .bin"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate a .bin", "flip a byte", "delete meta.json", "truncate tokenizer.json", "meta.json not JSON", "meta.json of another shape", "delete a .bin"],
+)
 def test_a_damaged_cache_entry_is_rebuilt_never_read(tmp_path, corpus_dir, damage):
     corpus = load_corpus(str(corpus_dir))
     good = prepare_data(corpus, "bytes", cache_dir=tmp_path)
@@ -191,8 +197,16 @@ def test_two_train_processes_filling_one_cache_both_succeed(tmp_path, tiny_flags
     flags = [*tiny_flags, "--max-steps", "1"]
     flags[flags.index("--cache-dir") + 1] = str(cache)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "wavefield.cli", "train", "--out", str(tmp_path / f"run{i}"), *flags],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wavefield.cli", "train", "--out", str(tmp_path / f"run{i}"), *flags],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     entries = [p for p in cache.iterdir() if not p.is_symlink()]

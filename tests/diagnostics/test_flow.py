@@ -19,8 +19,12 @@ def hybrid(**wave):
 
 @pytest.mark.parametrize("which", ["trained wave", "hybrid", "hybrid without the gate", "hybrid with wave_norm"])
 def test_contributions_sum_to_the_mixer_output(trained_run, sample_ids, which):
-    model = {"trained wave": lambda: trained_run[1], "hybrid": hybrid, "hybrid without the gate": lambda: hybrid(wave_gate=False),
-             "hybrid with wave_norm": lambda: hybrid(wave_norm=True)}[which]()
+    model = {
+        "trained wave": lambda: trained_run[1],
+        "hybrid": hybrid,
+        "hybrid without the gate": lambda: hybrid(wave_gate=False),
+        "hybrid with wave_norm": lambda: hybrid(wave_norm=True),
+    }[which]()
     xs = mixer_inputs(model, sample_ids)
     for block, x in zip(model.blocks, xs):
         with torch.no_grad():

@@ -33,8 +33,7 @@ def test_head_figures_within_physical_ranges(trained_run):
 
 
 def test_role_thresholds():
-    assert [head_class(x) for x in (0.5, LOCAL_MAX - 1e-9, LOCAL_MAX, LONG_MIN - 1e-9, LONG_MIN, 1e5)] == [
-        "local", "local", "medium", "medium", "long", "long"]
+    assert [head_class(x) for x in (0.5, LOCAL_MAX - 1e-9, LOCAL_MAX, LONG_MIN - 1e-9, LONG_MIN, 1e5)] == ["local", "local", "medium", "medium", "long", "long"]
 
 
 def test_kernel_energy_closed_form_matches_the_sum():

@@ -13,9 +13,9 @@ from PIL import Image
 
 from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.cli import main
-from wavefield.diagnostics.report import diagnose
 from wavefield.data.tokenizer import train_bpe
 from wavefield.diagnostics import head_physics, head_table, kernel_energy
+from wavefield.diagnostics.report import diagnose
 from wavefield.diagnostics.sources import encode_prompt
 
 PROMPT = "Ham.\nHere's the commission: read it at more leisure.\nBut wilt thou hear now how I did proceed?"
@@ -45,8 +45,16 @@ def test_every_output_is_written(report):
     for name in data["figures"]:
         with Image.open(out / name) as im:
             assert im.width > 300 and im.height > 150
-    assert set(data["figures"]) >= {"heads.png", "head_history.png", "energy.png", "causality.png", "field_amplitude.png",
-                                    "impulse_response.png", "effective_attention.png", "field.gif"}
+    assert set(data["figures"]) >= {
+        "heads.png",
+        "head_history.png",
+        "energy.png",
+        "causality.png",
+        "field_amplitude.png",
+        "impulse_response.png",
+        "effective_attention.png",
+        "field.gif",
+    }
     with Image.open(out / "field.gif") as gif:
         assert gif.n_frames == min(N, 64)
         gif.seek(1)
@@ -128,9 +136,19 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1300,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1300,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -175,7 +193,8 @@ def test_report_opens_in_chromium(report, browser):
     browser.execute_script("document.getElementById('explorer').scrollIntoView()")
     shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
     rect = browser.execute_script(
-        "const r = document.getElementById('kernel-canvas').getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, devicePixelRatio]")
+        "const r = document.getElementById('kernel-canvas').getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, devicePixelRatio]"
+    )
     box = [round(v * rect[4]) for v in rect[:4]]
     assert box[3] <= shot.height, "the kernel canvas is not inside the screenshot"
     drawn = np.asarray(shot.crop(box)).astype(int)

@@ -112,10 +112,12 @@ def test_a_bad_padding_state_or_mask_is_refused():
     attn = layer()
     _, state = attn(torch.randn(2, 4, 16), mask=torch.tensor([[False, True, True, True]] * 2), return_state=True)
     x = torch.randn(2, 1, 16)
-    for bad, needle in [({**state, "mask": state["mask"][:, :3]}, r"'mask' must be bool of shape \(2, 4\)"),
-                        ({**state, "mask": state["mask"].long()}, "'mask' must be bool"),
-                        ({**state, "next": state["next"][:1]}, r"'next' must be int64 of shape \(2,\)"),
-                        ({k: v for k, v in state.items() if k != "next"}, "both 'mask' and 'next'")]:
+    for bad, needle in [
+        ({**state, "mask": state["mask"][:, :3]}, r"'mask' must be bool of shape \(2, 4\)"),
+        ({**state, "mask": state["mask"].long()}, "'mask' must be bool"),
+        ({**state, "next": state["next"][:1]}, r"'next' must be int64 of shape \(2,\)"),
+        ({k: v for k, v in state.items() if k != "next"}, "both 'mask' and 'next'"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             attn(x, state=bad)
     with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 1\)"):

@@ -156,9 +156,12 @@ def test_config_chooses_tile_size_recompute_and_implementation_and_saves_them(tm
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("tile_size", "recompute", "wave_implementation")}
     assert WaveFieldConfig.from_dict(old) == WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2)  # a config saved before them
     assert WaveFieldLM(WaveFieldConfig.from_dict(old)).blocks[0].mixer.implementation == "fused"
-    for bad, needle in [(dict(recompute="all"), "recompute must be one of"), (dict(tile_size=0), "tile_size must be >= 1"),
-                        (dict(wave_implementation="fast"), "wave_implementation must be one of"),
-                        (dict(wave_implementation="fused", wave_norm=True), "fused field stage needs")]:
+    for bad, needle in [
+        (dict(recompute="all"), "recompute must be one of"),
+        (dict(tile_size=0), "tile_size must be >= 1"),
+        (dict(wave_implementation="fast"), "wave_implementation must be one of"),
+        (dict(wave_implementation="fused", wave_norm=True), "fused field stage needs"),
+    ]:
         with pytest.raises(UserError, match=needle):
             WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, **bad)
     WaveFieldConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, layer_types=["attention"], wave_implementation="fused", wave_norm=True)
@@ -197,8 +200,9 @@ def test_bfloat16_autocast_training_stays_close_to_float32():
         assert ((low - ref).norm() / ref.norm()).item() < 0.05
 
 
-@pytest.mark.parametrize("gate,norm,short_conv,feature_map", [
-    (True, False, 4, "identity"), (False, False, 0, "silu"), (True, True, 3, "elu1"), (False, True, 4, "identity")])
+@pytest.mark.parametrize(
+    "gate,norm,short_conv,feature_map", [(True, False, 4, "identity"), (False, False, 0, "silu"), (True, True, 3, "elu1"), (False, True, 4, "identity")]
+)
 def test_decomposition_reproduces_the_forward(gate, norm, short_conv, feature_map):
     """out_proj(gate * read * Re(exp(i phi) field)) is the layer's output; the wave is the kernel
     applied to the deposits; the field's last position is gain times the state forward carries out."""

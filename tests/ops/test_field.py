@@ -25,12 +25,21 @@ def composed(p, weight, bias, history, omega, alpha, phi, field, n_heads, featur
 
 
 @pytest.mark.parametrize("feature_map", ["identity", "silu", "elu1"])
-@pytest.mark.parametrize("gate,conv,with_state,path,N,masked", [
-    (True, True, True, "chunked", 23, False), (True, True, False, "chunked", 23, False), (False, True, True, "chunked", 23, False),
-    (True, False, True, "chunked", 23, False), (True, True, True, "fft", 23, False), (False, False, False, "recurrent", 23, False),
-    (True, True, True, "chunked", 2, False),  # shorter than the conv: the new conv state keeps part of the history
-    (True, True, True, "chunked", 23, True), (False, True, False, "fft", 23, True), (True, False, True, "recurrent", 23, True),
-])
+@pytest.mark.parametrize(
+    "gate,conv,with_state,path,N,masked",
+    [
+        (True, True, True, "chunked", 23, False),
+        (True, True, False, "chunked", 23, False),
+        (False, True, True, "chunked", 23, False),
+        (True, False, True, "chunked", 23, False),
+        (True, True, True, "fft", 23, False),
+        (False, False, False, "recurrent", 23, False),
+        (True, True, True, "chunked", 2, False),  # shorter than the conv: the new conv state keeps part of the history
+        (True, True, True, "chunked", 23, True),
+        (False, True, False, "fft", 23, True),
+        (True, False, True, "recurrent", 23, True),
+    ],
+)
 def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_state, path, N, masked):
     gen = torch.Generator(torch.get_default_device()).manual_seed(7)
     B, H, d, K = 2, 3, 4, 4

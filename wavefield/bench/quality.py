@@ -29,12 +29,12 @@ import torch
 
 from ..config import WaveFieldConfig
 from ..data import load_corpus, prepare_data
+from ..errors import UserError
 from ..evaluate import evaluate_tokens, summarize
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import PRESETS, TrainArgs, TrainingStopped, train
 from .recall import RECALL_WAVE
-from ..errors import UserError
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
 # wave models with one design choice changed: "wave-NAME" in the list of models
@@ -61,7 +61,7 @@ class QualityBudget:
     batch_size: int = 8
     seq_len: int = 256
     eval_interval: int = 100
-    eval_windows: int = 24        # validation windows scored along the way
+    eval_windows: int = 24  # validation windows scored along the way
     final_windows: int | None = 200  # windows of val and test scored at the end (None: all)
     seed: int = 0
 
@@ -137,16 +137,35 @@ def read_curve(run_dir: Path, tokens_per_step: int) -> list[dict]:
                 offset += last
             last = r["elapsed_s"]
             clock[r["step"]] = offset + r["elapsed_s"]
-    return [{"step": r["step"], "tokens": r["step"] * tokens_per_step, "seconds": clock.get(r["step"]), "val_loss": r["val_loss"]}
-            for r in records if r["type"] == "val"]
+    return [
+        {"step": r["step"], "tokens": r["step"] * tokens_per_step, "seconds": clock.get(r["step"]), "val_loss": r["val_loss"]}
+        for r in records
+        if r["type"] == "val"
+    ]
 
 
 def _train_args(budget: QualityBudget, cfg: WaveFieldConfig, out: Path, lr: float, data, tokenizer, vocab_size, cache_dir, device) -> TrainArgs:
     model = {k: v for k, v in cfg.to_dict().items() if k not in ("config_version", "vocab_size")}
-    return TrainArgs(preset=budget.preset, data=data, tokenizer=tokenizer, vocab_size=vocab_size, out=str(out), max_steps=budget.sweep_steps,
-                     decay_steps=budget.steps, seq_len=budget.seq_len, batch_size=budget.batch_size, lr=lr, seed=budget.seed,
-                     eval_interval=budget.eval_interval, eval_windows=budget.eval_windows, log_interval=budget.eval_interval,
-                     checkpoint_interval=budget.steps, cache_dir=cache_dir, device=device, model=model)
+    return TrainArgs(
+        preset=budget.preset,
+        data=data,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        out=str(out),
+        max_steps=budget.sweep_steps,
+        decay_steps=budget.steps,
+        seq_len=budget.seq_len,
+        batch_size=budget.batch_size,
+        lr=lr,
+        seed=budget.seed,
+        eval_interval=budget.eval_interval,
+        eval_windows=budget.eval_windows,
+        log_interval=budget.eval_interval,
+        checkpoint_interval=budget.steps,
+        cache_dir=cache_dir,
+        device=device,
+        model=model,
+    )
 
 
 def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out: Path, log=print, **data) -> tuple:
@@ -168,14 +187,34 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
     model = train(TrainArgs(out=str(run_dir), resume=True, max_steps=budget.steps, device=data["device"]))
     curve = read_curve(run_dir, budget.tokens_per_step)
     seconds = curve[-1]["seconds"]
-    return model, {"model": name, "layer_types": cfg.layer_types, "mlp_ratio": cfg.mlp_ratio, "parameters": model.num_parameters(),
-                   "best_lr": best, "sweep_val_loss": {f"{lr:g}": v for lr, v in sweep.items()}, "run_dir": str(run_dir),
-                   "tokens": budget.steps * budget.tokens_per_step, "train_seconds": seconds,
-                   "tokens_per_s": budget.steps * budget.tokens_per_step / seconds if seconds else None, "curve": curve, "config": cfg.to_dict()}
+    return model, {
+        "model": name,
+        "layer_types": cfg.layer_types,
+        "mlp_ratio": cfg.mlp_ratio,
+        "parameters": model.num_parameters(),
+        "best_lr": best,
+        "sweep_val_loss": {f"{lr:g}": v for lr, v in sweep.items()},
+        "run_dir": str(run_dir),
+        "tokens": budget.steps * budget.tokens_per_step,
+        "train_seconds": seconds,
+        "tokens_per_s": budget.steps * budget.tokens_per_step / seconds if seconds else None,
+        "curve": curve,
+        "config": cfg.to_dict(),
+    }
 
 
-def bench_quality(models=MODEL_KINDS, budget: QualityBudget | None = None, out_dir="runs/quality", data=None, tokenizer="bpe", vocab_size=8192,
-                  cache_dir=None, model: dict | None = None, device="cpu", log=print) -> list[dict]:
+def bench_quality(
+    models=MODEL_KINDS,
+    budget: QualityBudget | None = None,
+    out_dir="runs/quality",
+    data=None,
+    tokenizer="bpe",
+    vocab_size=8192,
+    cache_dir=None,
+    model: dict | None = None,
+    device="cpu",
+    log=print,
+) -> list[dict]:
     """Train and score every model; write quality.json, quality.md and quality.png into out_dir."""
     budget = budget or QualityBudget()
     out = Path(out_dir)
@@ -184,8 +223,9 @@ def bench_quality(models=MODEL_KINDS, budget: QualityBudget | None = None, out_d
     configs = model_configs(models, budget, tokens.tokenizer.vocab_size, model)
     records = []
     for name, cfg in configs.items():
-        trained, record = train_with_sweep(name, cfg, budget, out / "runs", log, data=data, tokenizer=tokenizer, vocab_size=vocab_size,
-                                           cache_dir=cache_dir, device=device)
+        trained, record = train_with_sweep(
+            name, cfg, budget, out / "runs", log, data=data, tokenizer=tokenizer, vocab_size=vocab_size, cache_dir=cache_dir, device=device
+        )
         for split in ("val", "test"):
             scored = evaluate_tokens(trained, tokens.tokens[split], budget.seq_len, budget.batch_size, device, budget.final_windows)
             record[split] = summarize(scored["nll"], scored["tokens"], tokens.bytes_per_token(split))
@@ -197,24 +237,31 @@ def bench_quality(models=MODEL_KINDS, budget: QualityBudget | None = None, out_d
 
 def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"budget": dataclasses.asdict(budget), "corpus": corpus,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+    meta = {
+        "budget": dataclasses.asdict(budget),
+        "corpus": corpus,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
     write_text_atomic(out / "quality.json", json.dumps({**meta, "records": records}, indent=2) + "\n")
     ref = next((r for r in records if r["model"] == "transformer"), None)
     b = budget
     lines = [
-        "# Language-model quality at matched parameters", "",
+        "# Language-model quality at matched parameters",
+        "",
         f"Corpus {corpus}; preset {b.preset}; {b.steps} steps of {b.batch_size} x {b.seq_len} tokens "
         f"({b.steps * b.tokens_per_step:,} tokens) per model; learning rates {list(b.lrs)} swept over the first {b.sweep_steps} steps, "
-        f"best resumed; final figures over {b.final_windows or 'all'} windows of each split. Machine: {meta['machine']}.", "",
+        f"best resumed; final figures over {b.final_windows or 'all'} windows of each split. Machine: {meta['machine']}.",
+        "",
         "| model | layers | parameters | best lr | val ppl | val bits/byte | test ppl | test bits/byte | val ppl / transformer | tokens/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         ratio = f"{r['val']['ppl'] / ref['val']['ppl']:.3f}" if ref else "-"
         speed = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
-        lines.append(f"| {r['model']} | {''.join(t[0].upper() for t in r['layer_types'])} | {r['parameters']:,} | {r['best_lr']:g} | "
-                     f"{r['val']['ppl']:.2f} | {r['val']['bpb']:.4f} | {r['test']['ppl']:.2f} | {r['test']['bpb']:.4f} | {ratio} | {speed} |")
+        lines.append(
+            f"| {r['model']} | {''.join(t[0].upper() for t in r['layer_types'])} | {r['parameters']:,} | {r['best_lr']:g} | "
+            f"{r['val']['ppl']:.2f} | {r['val']['bpb']:.4f} | {r['test']['ppl']:.2f} | {r['test']['bpb']:.4f} | {ratio} | {speed} |"
+        )
     lines += ["", "Layers: W wave, A attention. tokens/s: training loop wall-clock, periodic validation included.", "", "![validation loss](quality.png)"]
     write_text_atomic(out / "quality.md", "\n".join(lines) + "\n")
     plot_quality(records, out / "quality.png")
@@ -222,6 +269,7 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
 
 def plot_quality(records: list[dict], png: Path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import WaveFieldConfig
+from ..errors import UserError
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import lr_at, make_optimizer, set_lr
-from ..errors import UserError
 
 MODEL_KINDS = ("wave", "transformer", "hybrid")
 IGNORE = -100
@@ -99,8 +99,17 @@ def mqar(n: int, task: RecallTask, generator: torch.Generator):
     return inputs, targets
 
 
-def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int = 2, n_heads: int = 4, mlp_ratio: float = 0.0,
-                  init_std: float | None = None, hybrid_attention: tuple | None = None, **wave) -> WaveFieldConfig:
+def recall_config(
+    kind: str,
+    task: RecallTask,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    mlp_ratio: float = 0.0,
+    init_std: float | None = None,
+    hybrid_attention: tuple | None = None,
+    **wave,
+) -> WaveFieldConfig:
     """The model of `kind` for a task: all wave layers, all attention, or a hybrid whose
     attention layers are the indices in `hybrid_attention` (default: the last layer only).
     Blocks have no MLP by default, as in Zoology's recall models, and weights start at std
@@ -112,8 +121,16 @@ def recall_config(kind: str, task: RecallTask, d_model: int = 128, n_layers: int
         raise UserError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
     hybrid = ["attention" if i in attention else "wave" for i in range(n_layers)]
     layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": hybrid}[kind]
-    return WaveFieldConfig(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, layer_types=layer_types, mlp_ratio=mlp_ratio,
-                           init_std=init_std or d_model**-0.5, **{"reach_max": float(task.seq_len), **wave})
+    return WaveFieldConfig(
+        vocab_size=task.vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        layer_types=layer_types,
+        mlp_ratio=mlp_ratio,
+        init_std=init_std or d_model**-0.5,
+        **{"reach_max": float(task.seq_len), **wave},
+    )
 
 
 def answer_logits(model: WaveFieldLM, inputs, targets):
@@ -181,9 +198,20 @@ def sequences_to(curve, thresholds=THRESHOLDS) -> dict:
     return {f"{t:g}": next((n for n, acc in curve if acc >= t), None) for t in thresholds}
 
 
-def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = None, wave=None, d_model: int = 128,
-                 n_layers: int = 2, n_heads: int = 4, init_std: float | None = None, out_dir=None, log=print, device="cpu",
-                 hybrid_attention: tuple | None = None) -> list[dict]:
+def bench_recall(
+    kinds=MODEL_KINDS,
+    tasks=TASKS,
+    budget: RecallBudget | None = None,
+    wave=None,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    init_std: float | None = None,
+    out_dir=None,
+    log=print,
+    device="cpu",
+    hybrid_attention: tuple | None = None,
+) -> list[dict]:
     """Every model kind on every task; one record per (task, kind) with its best learning rate.
 
     Writes recall.json and recall.md into out_dir when given. `wave` holds the wave options
@@ -191,9 +219,13 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
     """
     budget = budget or RecallBudget()
     wave = dict(RECALL_WAVE if wave is None else wave)
-    configs = {(task.name, kind): recall_config(kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention,
-                                                **(wave if kind != "transformer" else {}))
-               for task in tasks for kind in kinds}
+    configs = {
+        (task.name, kind): recall_config(
+            kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention, **(wave if kind != "transformer" else {})
+        )
+        for task in tasks
+        for kind in kinds
+    }
     records = []
     for task in tasks:
         test = mqar(budget.test_examples, task, torch.Generator().manual_seed(123_456_789))  # fixed test set
@@ -208,16 +240,24 @@ def bench_recall(kinds=MODEL_KINDS, tasks=TASKS, budget: RecallBudget | None = N
                     runs.append({"lr": lr, "seed": seed, **run})
             by_lr = {lr: [r["accuracy"] for r in runs if r["lr"] == lr] for lr in budget.lrs}
             best_lr = max(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
-            records.append({
-                "task": task.name, "seq_len": task.seq_len, "n_pairs": task.n_pairs, "model": kind,
-                "accuracy": sum(by_lr[best_lr]) / len(by_lr[best_lr]), "best_lr": best_lr,
-                "parameters": runs[0]["parameters"], "layer_types": cfg.layer_types,
-                "wave_options": wave if kind != "transformer" else None, "config": cfg.to_dict(), "runs": runs,
-            })
+            records.append(
+                {
+                    "task": task.name,
+                    "seq_len": task.seq_len,
+                    "n_pairs": task.n_pairs,
+                    "model": kind,
+                    "accuracy": sum(by_lr[best_lr]) / len(by_lr[best_lr]),
+                    "best_lr": best_lr,
+                    "parameters": runs[0]["parameters"],
+                    "layer_types": cfg.layer_types,
+                    "wave_options": wave if kind != "transformer" else None,
+                    "config": cfg.to_dict(),
+                    "runs": runs,
+                }
+            )
     if out_dir is not None:
         write_recall_report(records, budget, Path(out_dir))
     return records
-
 
 
 def write_recall_report(records: list[dict], budget: RecallBudget, out_dir: Path):
@@ -228,11 +268,14 @@ def write_recall_report(records: list[dict], budget: RecallBudget, out_dir: Path
     curves = budget.eval_every > 0
     reach = " | sequences to " + " / ".join(f"{t:g}" for t in THRESHOLDS) + " (best lr, per seed)" if curves else ""
     lines = [
-        "# MQAR (multi-query associative recall)", "",
+        "# MQAR (multi-query associative recall)",
+        "",
         f"Budget: {budget.steps} steps of {budget.batch_size} fresh sequences, learning rates {list(budget.lrs)} "
         f"(best kept), seeds {list(budget.seeds)}, {budget.test_examples} test sequences"
         + (f"; a curve point every {budget.eval_every} steps on {budget.curve_examples} of them" if curves else "")
-        + (f", a run stops at {budget.stop_at:g}" if budget.stop_at is not None else "") + f". Machine: {meta['machine']}.", "",
+        + (f", a run stops at {budget.stop_at:g}" if budget.stop_at is not None else "")
+        + f". Machine: {meta['machine']}.",
+        "",
         f"| task | model | layers | parameters | accuracy | best lr | accuracy at each lr | train s / run{reach} |",
         "|---|---|---|---|---|---|---|---|" + ("---|" if curves else ""),
     ]
@@ -257,6 +300,7 @@ def _mean_by_lr(runs: list[dict]) -> dict:
 def plot_curves(records: list[dict], png: Path):
     """Accuracy against training sequences seen: one panel per task, a line per model, lr and seed (the best lr bold)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -267,8 +311,13 @@ def plot_curves(records: list[dict], png: Path):
         for r in (r for r in records if r["task"] == task):
             for run in r["runs"]:
                 best = run["lr"] == r["best_lr"]
-                ax.plot(*zip(*run["curve"]), color=colours[r["model"]], lw=2 if best else 0.7, alpha=1 if best else 0.5,
-                        label=f"{r['model']} lr {run['lr']:g}" if best and run["seed"] == r["runs"][0]["seed"] else None)
+                ax.plot(
+                    *zip(*run["curve"]),
+                    color=colours[r["model"]],
+                    lw=2 if best else 0.7,
+                    alpha=1 if best else 0.5,
+                    label=f"{r['model']} lr {run['lr']:g}" if best and run["seed"] == r["runs"][0]["seed"] else None,
+                )
         ax.set(xscale="log", xlabel="training sequences seen", ylabel="accuracy", title=task, ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

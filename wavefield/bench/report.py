@@ -49,8 +49,7 @@ def _mixer_tables(records):
                 ratio = best[key] / wave[key] if best and wave and wave[key] else None
                 row.append(f"{_fmt(ratio)}x ({best['op']})" if ratio else "-")
                 rows.append(row)
-            out.append(f"### Mixers, {MODE_NAMES[mode]}: {title}\n\n"
-                       + _table(["N", *ops, "best peer / wave"], rows))
+            out.append(f"### Mixers, {MODE_NAMES[mode]}: {title}\n\n" + _table(["N", *ops, "best peer / wave"], rows))
     gflop_rows = []
     for n in sorted({r["n"] for r in mixers if r["mode"] == "forward"}):
         gflop_rows.append([str(n)] + [_fmt((_lookup_any(mixers, op, n) or {}).get("gflops")) for op in ops])
@@ -70,13 +69,23 @@ def _floor_table(records):
     rows = []
     for f in _by(records, "floor"):
         wave = _lookup(records, "mixer", "wave", f["n"], f["mode"])
-        rows.append([str(f["n"]), MODE_NAMES[f["mode"]], _fmt(wave["seconds"] * 1000) if wave else "-", _fmt(f["proj_seconds"] * 1000),
-                     _fmt(f["copy_seconds"] * 1000), _fmt(f["seconds"] * 1000),
-                     f"{_fmt(wave['seconds'] / f['seconds'])}x" if wave else "-"])
+        rows.append(
+            [
+                str(f["n"]),
+                MODE_NAMES[f["mode"]],
+                _fmt(wave["seconds"] * 1000) if wave else "-",
+                _fmt(f["proj_seconds"] * 1000),
+                _fmt(f["copy_seconds"] * 1000),
+                _fmt(f["seconds"] * 1000),
+                f"{_fmt(wave['seconds'] / f['seconds'])}x" if wave else "-",
+            ]
+        )
     if not rows:
         return []
-    return ["### The wave mixer against its own floor\n\n"
-            + _table(["N", "mode", "wave (ms)", "projections (ms)", "field read + write (ms)", "floor (ms)", "wave / floor"], rows)]
+    return [
+        "### The wave mixer against its own floor\n\n"
+        + _table(["N", "mode", "wave (ms)", "projections (ms)", "field read + write (ms)", "floor (ms)", "wave / floor"], rows)
+    ]
 
 
 def _pair_table(records, kind, title, header, cells):
@@ -92,6 +101,7 @@ def _pair_table(records, kind, title, header, cells):
 
 def targets(records) -> list:
     """The issue's targets a-h that the records measure, each as (name, measured figure, met?)."""
+
     def mixer(op, n, mode):
         return _lookup(records, "mixer", op, n, mode)
 
@@ -117,8 +127,11 @@ def targets(records) -> list:
         n, q = max(floors, key=lambda t: t[1])
         out.append((f"d: wave / floor at N >= 32K (worst N={n}) (goal <= 1.5x)", q, q <= 1.5))
     for wave_op, mode in (("wave", "forward"), ("wave", "backward"), ("wave-lean", "backward")):
-        mem = [(r["n"], ratio(mixer(wave_op, r["n"], mode), r, "peak_mb")) for r in _by(records, "mixer")
-               if r["op"] == "sdpa" and r["mode"] == mode and r["n"] >= 8192 and not r["skipped"]]
+        mem = [
+            (r["n"], ratio(mixer(wave_op, r["n"], mode), r, "peak_mb"))
+            for r in _by(records, "mixer")
+            if r["op"] == "sdpa" and r["mode"] == mode and r["n"] >= 8192 and not r["skipped"]
+        ]
         mem = [m for m in mem if m[1] is not None]
         if mem:
             n, q = max(mem, key=lambda t: t[1])
@@ -136,8 +149,13 @@ def targets(records) -> list:
         fast = ratio(decode.get(("transformer-lm", hi)), decode.get(("wave-lm", hi)))
         out.append((f"g: transformer / wave per-token latency at context {hi} (goal >= 10x)", fast, fast is not None and fast >= 10))
     for r in _by(records, "long"):
-        out.append((f"h: forward of the small wave LM over {r['n']} tokens: seconds (peak extra {_fmt(r['peak_mb'])} MiB)",
-                    r["seconds"], r["peak_mb"] is not None and r["peak_mb"] < 24 * 1024))
+        out.append(
+            (
+                f"h: forward of the small wave LM over {r['n']} tokens: seconds (peak extra {_fmt(r['peak_mb'])} MiB)",
+                r["seconds"],
+                r["peak_mb"] is not None and r["peak_mb"] < 24 * 1024,
+            )
+        )
     return out
 
 
@@ -151,17 +169,25 @@ def write_report(results) -> str:
     if checks:
         lines += ["## Targets", "", _table(["target", "measured", "met"], [[t, _fmt(v), "yes" if ok else "no"] for t, v, ok in checks]), ""]
     sections = _mixer_tables(records) + _floor_table(records)
-    sections += _pair_table(records, "train", "Training throughput (tokens/s)",
-                            ["seq", "wave LM", "transformer LM", "wave / transformer", "params wave / transformer"],
-                            lambda w, t: [_fmt(w["tokens_per_s"]), _fmt(t["tokens_per_s"]), f"{_fmt(w['tokens_per_s'] / t['tokens_per_s'])}x",
-                                          f"{w['params']} / {t['params']}"])
-    sections += _pair_table(records, "decode", "Decoding: per-token latency (ms) and state memory (MiB)",
-                            ["context", "wave LM ms", "transformer LM ms", "transformer / wave", "wave state MiB", "KV cache MiB"],
-                            lambda w, t: [_fmt(w["seconds"] * 1000), _fmt(t["seconds"] * 1000), f"{_fmt(t['seconds'] / w['seconds'])}x",
-                                          _fmt(w["state_mb"]), _fmt(t["state_mb"])])
+    sections += _pair_table(
+        records,
+        "train",
+        "Training throughput (tokens/s)",
+        ["seq", "wave LM", "transformer LM", "wave / transformer", "params wave / transformer"],
+        lambda w, t: [_fmt(w["tokens_per_s"]), _fmt(t["tokens_per_s"]), f"{_fmt(w['tokens_per_s'] / t['tokens_per_s'])}x", f"{w['params']} / {t['params']}"],
+    )
+    sections += _pair_table(
+        records,
+        "decode",
+        "Decoding: per-token latency (ms) and state memory (MiB)",
+        ["context", "wave LM ms", "transformer LM ms", "transformer / wave", "wave state MiB", "KV cache MiB"],
+        lambda w, t: [_fmt(w["seconds"] * 1000), _fmt(t["seconds"] * 1000), f"{_fmt(t['seconds'] / w['seconds'])}x", _fmt(w["state_mb"]), _fmt(t["state_mb"])],
+    )
     for r in _by(records, "long"):
-        sections.append(f"### Long input\n\nWave LM (vocabulary {r['vocab_size']}, {r['params']} parameters), one forward pass over "
-                        f"{r['n']} tokens: {_fmt(r['seconds'])} s, peak extra memory {_fmt(r['peak_mb'])} MiB.")
+        sections.append(
+            f"### Long input\n\nWave LM (vocabulary {r['vocab_size']}, {r['params']} parameters), one forward pass over "
+            f"{r['n']} tokens: {_fmt(r['seconds'])} s, peak extra memory {_fmt(r['peak_mb'])} MiB."
+        )
     skipped = [r for r in records if r.get("skipped")]
     if skipped:
         sections.append("### Skipped\n\n" + "\n".join(f"- {r['op']} N={r['n']} {r['mode']}: {r['reason']}" for r in skipped))

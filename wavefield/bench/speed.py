@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 from ..config import WaveFieldConfig
+from ..errors import UserError
 from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
 from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
-from ..errors import UserError
 
 MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
 MODES = ("forward", "backward")  # backward means forward + backward
@@ -66,8 +66,19 @@ class Settings:
 
 
 QUICK = dict(
-    lengths=(64, 128), train_lengths=(32, 64), train_tokens=128, decode_contexts=(16, 64), decode_steps=3,
-    long_length=4096, d_model=32, n_heads=4, vocab_size=64, n_layers=2, repeats=2, max_seconds=10.0, max_memory_gb=1.0,
+    lengths=(64, 128),
+    train_lengths=(32, 64),
+    train_tokens=128,
+    decode_contexts=(16, 64),
+    decode_steps=3,
+    long_length=4096,
+    d_model=32,
+    n_heads=4,
+    vocab_size=64,
+    n_layers=2,
+    repeats=2,
+    max_seconds=10.0,
+    max_memory_gb=1.0,
 )
 
 
@@ -228,15 +239,14 @@ def _time_interleaved(s: Settings, mixers: dict, x, mode: str, device, bandwidth
                 peaks[op] = peak_extra_mb(lambda: times[op].append(time_call(fn, device)), device)
             elif op not in slow:
                 times[op].append(time_call(fn, device))
-    for op, fn in calls.items():
+    for op in calls:
         seconds = median(times[op])
         if op == "floor":
             copy_s = 2 * x.numel() * 4 / bandwidth * (1 if mode == "forward" else 3)  # read the deposit, write the field
             _record(s, kind="floor", op="wave-floor", n=n, mode=mode, seconds=seconds + copy_s, proj_seconds=seconds, copy_seconds=copy_s)
             continue
         flops = mixers[op][1]
-        _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=seconds, peak_mb=peaks[op], gflops=flops,
-                gflops_per_s=flops / seconds, repeats=len(times[op]))
+        _record(s, kind="mixer", op=op, n=n, mode=mode, seconds=seconds, peak_mb=peaks[op], gflops=flops, gflops_per_s=flops / seconds, repeats=len(times[op]))
 
 
 def lm_configs(s: Settings, vocab_size=None):
@@ -265,15 +275,24 @@ def bench_train(s: Settings, device: torch.device):
             opt.step()
 
         times = {name: [] for name in models}
-        for name, (model, opt) in models.items():
+        for model, opt in models.values():
             step(model, opt)  # warm-up
         for _ in range(s.repeats):
             for name, (model, opt) in models.items():
                 times[name].append(time_call(lambda: step(model, opt), device))
         for name, (model, _) in models.items():
             seconds = median(times[name])
-            _record(s, kind="train", op=name, n=length, mode="train", seconds=seconds, batch=batch,
-                    tokens_per_s=batch * length / seconds, params=model.num_parameters())
+            _record(
+                s,
+                kind="train",
+                op=name,
+                n=length,
+                mode="train",
+                seconds=seconds,
+                batch=batch,
+                tokens_per_s=batch * length / seconds,
+                params=model.num_parameters(),
+            )
 
 
 def _state_mb(state) -> float:
@@ -297,8 +316,7 @@ def bench_decode(s: Settings, device: torch.device):
             # each timed step continues from the last, as generation does (a KV cache grows in place;
             # a branch from an older state would copy it): the context grows by decode_steps tokens
             states = [state]
-            times = [time_call(lambda: states.append(model(token, state=states[-1], return_state=True)[1]), device)
-                     for _ in range(s.decode_steps)]
+            times = [time_call(lambda: states.append(model(token, state=states[-1], return_state=True)[1]), device) for _ in range(s.decode_steps)]
             _record(s, kind="decode", op=name, n=context, mode="decode", seconds=median(times), state_mb=state_mb)
 
 
@@ -313,13 +331,20 @@ def bench_long(s: Settings, device: torch.device):
     ids = torch.randint(0, 256, (1, s.long_length), device=device)
     seconds = []
     peak = peak_extra_mb(lambda: seconds.append(time_call(lambda: model(ids), device)), device)
-    _record(s, kind="long", op="wave-lm", n=s.long_length, mode="forward", seconds=seconds[0], peak_mb=peak,
-            params=model.num_parameters(), vocab_size=256)
+    _record(s, kind="long", op="wave-lm", n=s.long_length, mode="forward", seconds=seconds[0], peak_mb=peak, params=model.num_parameters(), vocab_size=256)
 
 
 def environment(s: Settings, device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
-           "processor": platform.processor() or platform.machine(), "d_model": s.d_model, "n_heads": s.n_heads, "batch": s.batch}
+    env = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "d_model": s.d_model,
+        "n_heads": s.n_heads,
+        "batch": s.batch,
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     try:

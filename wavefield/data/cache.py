@@ -55,9 +55,16 @@ class TokenData:
 def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, folder: Path) -> dict:
     """Write each split as one stream, documents joined by the separator token; returns meta.json's content."""
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    meta = {"cache_version": CACHE_VERSION, "corpus": corpus.name, "corpus_digest": corpus.digest(),
-            "tokenizer_fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
-            "dtype": np.dtype(dtype).name, "tokens": {}, "bytes": {}}
+    meta = {
+        "cache_version": CACHE_VERSION,
+        "corpus": corpus.name,
+        "corpus_digest": corpus.digest(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "tokens": {},
+        "bytes": {},
+    }
     for split in SPLITS:
         docs = tokenizer.encode_batch(corpus.splits[split])
         ids = np.fromiter((t for d in docs for t in (*d, tokenizer.eos_id)), dtype=dtype)  # (T,)

@@ -22,6 +22,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 from ..errors import MissingError, UserError
 
 SPLITS = ("train", "val", "test")
@@ -71,7 +72,7 @@ def read_jsonl(path: Path) -> list[str]:
         except json.JSONDecodeError:
             raise UserError(f"{path} line {lineno} is not JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise UserError(f"{path} line {lineno} has no string field \"text\"")
+            raise UserError(f'{path} line {lineno} has no string field "text"')
         texts.append(record["text"])
     return texts
 
@@ -102,7 +103,7 @@ def load_hf(spec: str) -> Corpus:
         raise UserError(f"cannot load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     names = {"train": "train", "val": "validation" if "validation" in ds else "val", "test": "test"}
     if "text" not in ds["train"].column_names:
-        raise UserError(f"dataset {spec!r} has no \"text\" column (columns: {', '.join(ds['train'].column_names)})")
+        raise UserError(f'dataset {spec!r} has no "text" column (columns: {", ".join(ds["train"].column_names)})')
     if all(n in ds for n in names.values()):
         return Corpus(f"hf:{spec}", {s: [t for t in ds[n]["text"] if t.strip()] for s, n in names.items()})
     return Corpus(f"hf:{spec}", split_documents(list(ds["train"]["text"])))

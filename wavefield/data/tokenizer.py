@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 from tokenizers.implementations import ByteLevelBPETokenizer
+
 from ..errors import MissingError, UserError
 
 KINDS = ("bpe", "gpt2", "bytes")

@@ -9,8 +9,18 @@ from .heads import LOCAL_MAX, LONG_MIN, head_class, head_physics, head_table
 from .paths import path_agreement
 
 __all__ = [
-    "causality_audit", "field_energy", "kernel_energy", "path_agreement", "physics_summary",
-    "effective_attention", "field_amplitude", "impulse_responses", "wavefronts",
-    "LOCAL_MAX", "LONG_MIN", "head_class", "head_physics", "head_table",
+    "causality_audit",
+    "field_energy",
+    "kernel_energy",
+    "path_agreement",
+    "physics_summary",
+    "effective_attention",
+    "field_amplitude",
+    "impulse_responses",
+    "wavefronts",
+    "LOCAL_MAX",
+    "LONG_MIN",
+    "head_class",
+    "head_physics",
+    "head_table",
 ]
-

@@ -35,6 +35,10 @@ def causality_audit(model, ids: torch.Tensor, tol: float = CAUSALITY_TOL, batch_
     scale = base.abs().max().item()
     relative = worst / max(scale, 1e-30)
     return {
-        "rows": rows, "max_change_before": worst, "logit_scale": scale,
-        "max_relative": relative, "tolerance": tol, "passed": relative <= tol,
+        "rows": rows,
+        "max_change_before": worst,
+        "logit_scale": scale,
+        "max_relative": relative,
+        "tolerance": tol,
+        "passed": relative <= tol,
     }

@@ -42,8 +42,7 @@ def physics_summary(model, ids=None, fft_size=None) -> dict:
     dissipation, and the gap between the FFT and chunked paths (diagnostics.paths; on the
     deposits of ids (N,) when given, fft_size passed through)."""
     heads = [
-        {"layer": i, "energy": kernel_energy(m.omega, m.alpha, m.phi).tolist(), "dissipation": dissipation(m.alpha).tolist()}
-        for i, m in wave_mixers(model)
+        {"layer": i, "energy": kernel_energy(m.omega, m.alpha, m.phi).tolist(), "dissipation": dissipation(m.alpha).tolist()} for i, m in wave_mixers(model)
     ]
     check = path_agreement(model, ids, fft_size)
     return {"heads": heads, "path_gap": check["max_gap"], "paths_agree": check["passed"]}

@@ -86,10 +86,7 @@ def effective_attention(model, ids: torch.Tensor, block_rows: int = 64) -> torch
     xs, N = mixer_inputs(model, ids), ids.shape[0]
     maps = []
     for block, x in zip(model.blocks, xs):
-        norms = torch.cat([
-            contributions(block.mixer, x, torch.arange(r, min(r + block_rows, N))).norm(dim=-1)
-            for r in range(0, N, block_rows)
-        ])  # (N, N)
+        norms = torch.cat([contributions(block.mixer, x, torch.arange(r, min(r + block_rows, N))).norm(dim=-1) for r in range(0, N, block_rows)])  # (N, N)
         maps.append(norms / norms.sum(-1, keepdim=True).clamp_min(1e-30))
     return torch.stack(maps)
 

@@ -41,13 +41,20 @@ def head_table(params: list[dict]) -> list[dict]:
         energy, lost = kernel_energy(omega, alpha, phi), dissipation(alpha)
         reach_1e, reach_1pct = reach(alpha), reach(alpha, 0.01)
         for h in range(len(omega)):
-            rows.append({
-                "layer": rec["layer"], "head": h,
-                "omega": omega[h].item(), "alpha": alpha[h].item(), "phi": phi[h].item(),
-                "period": 2 * math.pi / omega[h].item(),
-                "reach_1e": reach_1e[h].item(), "reach_1pct": reach_1pct[h].item(),
-                "q_factor": (omega[h] / (2 * alpha[h])).item(),
-                "energy": energy[h].item(), "dissipation": lost[h].item(),
-                "class": head_class(reach_1e[h].item()),
-            })
+            rows.append(
+                {
+                    "layer": rec["layer"],
+                    "head": h,
+                    "omega": omega[h].item(),
+                    "alpha": alpha[h].item(),
+                    "phi": phi[h].item(),
+                    "period": 2 * math.pi / omega[h].item(),
+                    "reach_1e": reach_1e[h].item(),
+                    "reach_1pct": reach_1pct[h].item(),
+                    "q_factor": (omega[h] / (2 * alpha[h])).item(),
+                    "energy": energy[h].item(),
+                    "dissipation": lost[h].item(),
+                    "class": head_class(reach_1e[h].item()),
+                }
+            )
     return rows

@@ -52,8 +52,9 @@ def heads_heatmap(table) -> bytes:
     im = ax.imshow(grid, cmap="viridis", norm=LogNorm(lo, hi), aspect="auto")
     for r in table:
         y, x = layers.index(r["layer"]), r["head"]
-        ax.text(x, y, f"{r['class']}\n{r['reach_1e']:.3g}", ha="center", va="center", fontsize=8,
-                color="white" if r["reach_1e"] < np.sqrt(lo * hi) else "black")
+        ax.text(
+            x, y, f"{r['class']}\n{r['reach_1e']:.3g}", ha="center", va="center", fontsize=8, color="white" if r["reach_1e"] < np.sqrt(lo * hi) else "black"
+        )
     ax.set_xticks(range(n_heads), [f"head {h}" for h in range(n_heads)])
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers])
     bar = fig.colorbar(im, ax=ax, label="reach 1/alpha (tokens)")
@@ -158,7 +159,7 @@ def effective_attention(maps, tokens, layers) -> bytes:
     cols = min(len(maps), 2)
     rows = -(-len(maps) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5.6 * rows), squeeze=False)
-    for ax in axes.flat[len(maps):]:
+    for ax in axes.flat[len(maps) :]:
         ax.set_visible(False)
     for ax, layer, m in zip(axes.flat, layers, maps):
         m = np.where(m > 0, m, np.nan)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..io import atomic_path, write_text_atomic
 from . import plots
 from .causality import causality_audit
@@ -18,14 +19,21 @@ from .flow import effective_attention, field_amplitude, impulse_responses, wave_
 from .heads import LOCAL_MAX, LONG_MIN, head_physics, head_table
 from .paths import path_agreement
 from .sources import DEFAULT_PROMPT, checkpoint_dirs, encode_prompt, load_model, metrics_history, step_of
-from ..errors import UserError
 
 MAX_TOKENS = 512  # longest prompt diagnosed: the effective-attention maps are N x N
 AUDIT_TOKENS = 128  # positions perturbed by the causality audit (each costs one forward pass)
 IMPULSE_TOKENS = (128, 4096)  # impulse responses run over 3 reaches of the longest head, within these bounds
 OUTPUT_NAMES = {
-    "heads.png", "head_history.png", "energy.png", "causality.png", "field_amplitude.png", "impulse_response.png",
-    "effective_attention.png", "field.gif", "diagnostics.json", "report.html",
+    "heads.png",
+    "head_history.png",
+    "energy.png",
+    "causality.png",
+    "field_amplitude.png",
+    "impulse_response.png",
+    "effective_attention.png",
+    "field.gif",
+    "diagnostics.json",
+    "report.html",
 }
 
 
@@ -108,7 +116,10 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None, fft_size
     audit = causality_audit(model, ids[:AUDIT_TOKENS])
     report = {
         "model": {
-            "path": str(paths[-1]), "config": cfg.to_dict(), "n_parameters": model.num_parameters(), "checkpoints": [str(p) for p in paths],
+            "path": str(paths[-1]),
+            "config": cfg.to_dict(),
+            "n_parameters": model.num_parameters(),
+            "checkpoints": [str(p) for p in paths],
         },
         "prompt": {"text": text, "ids": ids.tolist(), "tokens": tokens, "tokenizer": tokenizer},
         "notes": notes,
@@ -199,8 +210,7 @@ def _energy_section(report, figures) -> str:
     return (
         f"<h2>Energy</h2>{_img(figures, 'energy.png', 'energy')}<p>Path agreement: the FFT path against the chunked path on the "
         f"prompt's deposits (largest gap relative to the largest output, tolerance {paths['tolerance']:g}): "
-        f"{_verdict(paths['passed'])}, largest gap {paths['max_gap']:.3g}.</p>"
-        + _table(paths["layers"], ["layer", "gap"])
+        f"{_verdict(paths['passed'])}, largest gap {paths['max_gap']:.3g}.</p>" + _table(paths["layers"], ["layer", "gap"])
     )
 
 
@@ -210,7 +220,8 @@ def _causality_section(report, figures) -> str:
     return (
         f"<h2>Causality audit</h2><p>Each of the first {len(rows)} tokens replaced in turn; largest logit change at earlier positions "
         f"{audit['max_change_before']:.3g} = {audit['max_relative']:.3g} x max |logit| (tolerance {audit['tolerance']:g}): "
-        f"{_verdict(audit['passed'])}.</p>" + _img(figures, "causality.png", "causality audit")
+        f"{_verdict(audit['passed'])}.</p>"
+        + _img(figures, "causality.png", "causality audit")
         + f"<details><summary>Per position</summary>{_table(rows, ['position', 'token', 'max_change_before', 'change_at'])}</details>"
     )
 
@@ -222,16 +233,18 @@ def _flow_section(figures) -> str:
         + _img(figures, "field_amplitude.png", "field amplitude")
         + _img(figures, "impulse_response.png", "impulse responses")
         + "<p>Effective attention: the share of token s in the layer's output at t, from the exact decomposition of the "
-        "output into one term per earlier token.</p>"
-        + _img(figures, "effective_attention.png", "effective attention")
+        "output into one term per earlier token.</p>" + _img(figures, "effective_attention.png", "effective attention")
     )
 
 
 def render_html(report: dict, figures: dict) -> str:
     """One HTML file: tables, inline images and the kernel explorer."""
     sections = [
-        _model_section(report), _heads_section(report, figures), _energy_section(report, figures),
-        _causality_section(report, figures), _flow_section(figures),
+        _model_section(report),
+        _heads_section(report, figures),
+        _energy_section(report, figures),
+        _causality_section(report, figures),
+        _flow_section(figures),
     ]
     template = resources.files(__package__).joinpath("report.html").read_text()
     return template.replace("__SECTIONS__", "\n".join(sections)).replace("__HEADS__", json.dumps(report["heads"]))

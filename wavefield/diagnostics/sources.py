@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from ..data.tokenizer import TOKENIZER_NAME, Tokenizer
-from ..model import CONFIG_NAME, WEIGHTS_NAME, WaveFieldLM
 from ..errors import UserError
+from ..model import CONFIG_NAME, WEIGHTS_NAME, WaveFieldLM
 
 METRICS_NAME = "metrics.jsonl"
 DEFAULT_PROMPT = (
@@ -59,7 +59,8 @@ def load_model(path: Path) -> WaveFieldLM:
 def _is_heads(heads) -> bool:
     """[{"layer", "omega", "alpha", "phi"}] with one number per head in each list."""
     return isinstance(heads, list) and all(
-        isinstance(h, dict) and isinstance(h.get("layer"), int)
+        isinstance(h, dict)
+        and isinstance(h.get("layer"), int)
         and all(isinstance(h.get(k), list) and len(h[k]) == len(h["omega"]) for k in ("omega", "alpha", "phi"))
         for h in heads
     )

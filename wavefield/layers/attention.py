@@ -158,8 +158,7 @@ def _append(state, k, v, mask=None) -> dict:
     buf = state.get("buffer") if state is not None else None
     masked = mask is not None or (state is not None and "mask" in state)
     # a state cut to some samples (or made by hand) is no view of the buffer it carries
-    views = buf is not None and buf.k.shape[0] == k.shape[0] and (
-        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+    views = buf is not None and buf.k.shape[0] == k.shape[0] and ((state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
     if masked:  # and where there is padding, the key mask too
         views = views and buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()
     if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:

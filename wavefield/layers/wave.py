@@ -70,9 +70,11 @@ def field_implementation(implementation: str, deposit: str, norm: bool, recomput
         raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
     fusable = deposit == "channel" and not norm and recompute != "none"
     if implementation == "fused" and not fusable:
-        raise ValueError(f"the fused field stage needs channel deposits without norm and recompute 'field' or 'tile' "
-                         f"(it always recomputes the field in backward); got deposit={deposit!r}, norm={norm}, recompute={recompute!r}: "
-                         f"use implementation 'reference' or 'auto'")
+        raise ValueError(
+            f"the fused field stage needs channel deposits without norm and recompute 'field' or 'tile' "
+            f"(it always recomputes the field in backward); got deposit={deposit!r}, norm={norm}, recompute={recompute!r}: "
+            f"use implementation 'reference' or 'auto'"
+        )
     return "fused" if implementation == "fused" or (implementation == "auto" and fusable) else "reference"
 
 
@@ -199,8 +201,9 @@ class WaveFieldAttention(nn.Module):
         if state is not None:  # each group continues from its own samples' state
             states = [{k: v[i : i + group] if v is not None else None for k, v in state.items()} for i in range(0, B, group)]
         masks = mask.split(group, dim=0) if mask is not None else [None] * len(pieces)
-        results = [self._tiles(piece, piece_state, path, self.tile_size, return_state, piece_mask)
-                   for piece, piece_state, piece_mask in zip(pieces, states, masks)]
+        results = [
+            self._tiles(piece, piece_state, path, self.tile_size, return_state, piece_mask) for piece, piece_state, piece_mask in zip(pieces, states, masks)
+        ]
         if not return_state:
             return torch.cat(results, dim=0)
         outs, new_states = zip(*results)
@@ -257,8 +260,23 @@ class WaveFieldAttention(nn.Module):
         weight, bias, history = None, None, None
         if self.conv is not None:
             weight, bias, history = self.conv.weight[:, 0], self.conv.bias, self._history(p[:, : 3 * self.d_model], conv_state)
-        z = gated_field(p, weight, bias, history, self.omega, self.alpha, self.phi, field_in, self.n_heads,
-                        self.feature_map, self.gate, path, self.chunk_size, need_state, mask)
+        z = gated_field(
+            p,
+            weight,
+            bias,
+            history,
+            self.omega,
+            self.alpha,
+            self.phi,
+            field_in,
+            self.n_heads,
+            self.feature_map,
+            self.gate,
+            path,
+            self.chunk_size,
+            need_state,
+            mask,
+        )
         if not need_state:
             return z, None
         z, field, tail = z
@@ -277,8 +295,9 @@ class WaveFieldAttention(nn.Module):
         if self.deposit == "outer":  # ops.outer works time-major: (B, N, H, d)
             heads = lambda t: t.view(B, self.n_heads, self.head_dim, N).permute(0, 3, 1, 2)  # noqa: E731
             outer_path = "quadratic" if path == "fft" else path  # its whole-sequence form
-            y = propagate_outer(heads(self.f(q)) * self.head_dim**-0.5, heads(fk), heads(v), self.omega, self.alpha, self.phi,
-                                field_in, outer_path, self.chunk_size, need_state)
+            y = propagate_outer(
+                heads(self.f(q)) * self.head_dim**-0.5, heads(fk), heads(v), self.omega, self.alpha, self.phi, field_in, outer_path, self.chunk_size, need_state
+            )
         else:
             u = self._heads(fk * v)  # (B, H, d, N)
             y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)

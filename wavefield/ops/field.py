@@ -90,8 +90,9 @@ class _GatedField(torch.autograd.Function):
         # the propagation again, under autograd, for its backward
         needs = ctx.needs_input_grad
         u = _deposit(fk, v, mask).view(B, n_heads, -1, N).requires_grad_()  # (B, H, d, N)
-        physics = [t.detach().requires_grad_(need) if t is not None else None
-                   for t, need in zip((omega, alpha, phi, field), (needs[5], needs[6], needs[7], needs[4]))]
+        physics = [
+            t.detach().requires_grad_(need) if t is not None else None for t, need in zip((omega, alpha, phi, field), (needs[5], needs[6], needs[7], needs[4]))
+        ]
         with torch.enable_grad():
             y = propagate_heads(u, *physics, path, chunk_size, return_state=dstate is not None)
         outputs = [*y] if dstate is not None else [y]
@@ -135,8 +136,23 @@ class _GatedField(torch.autograd.Function):
         return dp, d_weight, d_bias, d_history, d_field, d_omega, d_alpha, d_phi, None, None, None, None, None, None, None
 
 
-def gated_field(p, weight, bias, history, omega, alpha, phi, field=None, n_heads: int = 1, feature_map: str = "identity",
-                gate: bool = True, path: str = "chunked", chunk_size: int = 64, return_state: bool = False, mask=None):
+def gated_field(
+    p,
+    weight,
+    bias,
+    history,
+    omega,
+    alpha,
+    phi,
+    field=None,
+    n_heads: int = 1,
+    feature_map: str = "identity",
+    gate: bool = True,
+    path: str = "chunked",
+    chunk_size: int = 64,
+    return_state: bool = False,
+    mask=None,
+):
     """The field stage from projections p (B, 4D, N) (3D without the gate) to z (B, D, N).
 
     weight (3D, K), bias (3D,) and history (B, 3D, K-1) are the short conv and the K-1 inputs

@@ -127,8 +127,7 @@ def _recurrent(u, omega, alpha, phi, state=None):
     return (torch.stack(ys, dim=-1) if ys else u.new_zeros(B, H, d, 0)), s
 
 
-def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False,
-                    fft_size=None):
+def propagate_heads(u, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False, fft_size=None):
     """Propagate head-major deposits u (B, H, d, N); float32 inside, even under autocast.
     fft_size (fft path only, >= N) replaces the exact FFT length: for checks that must fail.
 
@@ -158,4 +157,3 @@ def propagate(u, omega, alpha, phi, state=None, path: str = "fft", chunk_size: i
     if return_state:
         return out[0].permute(0, 3, 1, 2), out[1]
     return out.permute(0, 3, 1, 2)
-
