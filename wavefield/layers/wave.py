@@ -233,6 +233,8 @@ class WaveFieldAttention(nn.Module):
         else:
             field = self._field
         z, state = field(p, state, path, need_state, mask)  # (B, D, N)
+        if not _plain(self.out_proj):  # a wrapped projection (a LoRA adapter) runs as its module
+            return self.out_proj(z.mT), state
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(x.shape[0], -1, -1))  # (B, N, D)
         return out, state
 
@@ -242,7 +244,11 @@ class WaveFieldAttention(nn.Module):
         return self._split(self._project(x), conv_state)
 
     def _project(self, x):
-        """x (B, N, D) -> W_in x^T (B, 4D, N) (3D without the gate): channel-major straight out of the matmul."""
+        """x (B, N, D) -> W_in x^T (B, 4D, N) (3D without the gate): channel-major straight out of the
+        matmul. The matmul reads the weight itself; a projection that is not a plain nn.Linear (a
+        PEFT LoRA adapter wrapped around it) is called as the module it is instead."""
+        if not _plain(self.in_proj):
+            return self.in_proj(x).mT.contiguous()
         return torch.bmm(self.in_proj.weight.expand(x.shape[0], -1, -1), x.mT)
 
     def _split(self, p, conv_state):
@@ -359,6 +365,11 @@ class WaveTerms(NamedTuple):
     field: torch.Tensor  # gain * s[t] (B, H, d, N) complex: its wave, Re(exp(i phi) field) = kappa * u
     read: torch.Tensor  # f(q) (B, H, d, N), times the RMS-norm scale where norm=True
     gate: torch.Tensor  # sigmoid(g) (B, H, d, N); ones without the gate
+
+
+def _plain(projection: nn.Module) -> bool:
+    """True for an nn.Linear itself, whose weight the layer may read directly (not a subclass or a wrapper)."""
+    return type(projection) is nn.Linear
 
 
 def _cat(entries):
