@@ -5,6 +5,11 @@ transformer baseline and hybrids, causal softmax attention (config.layer_types).
 The state of a model is a list with one entry per layer (a wave field, or a KV cache), so
 `model(ids, state=state, return_state=True)` continues a sequence exactly where it stopped
 and `generate` decodes one token at a time from that state.
+
+Padded batches: `attention_mask` (B, N), 1 at real tokens (Hugging Face's convention), makes
+every masked token influence nothing. A wave layer deposits nothing there and its short conv
+reads zeros there; an attention layer masks those keys and counts positions over real tokens
+only. Left padding is exact: each sample gets the logits (and the state) it gets alone.
 """
 
 import json
@@ -63,9 +68,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.d_model, hidden, cfg.dropout) if hidden else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, state=None, return_state: bool = False):
-        """(x, state) -> (x, new state); the new state is None unless asked for (training never needs it)."""
-        h = self.mixer(self.norm1(x), state=state, return_state=return_state)
+    def forward(self, x, state=None, return_state: bool = False, mask=None):
+        """(x, state) -> (x, new state); the new state is None unless asked for (training never
+        needs it). mask (B, N) bool marks the real tokens (None: all are)."""
+        h = self.mixer(self.norm1(x), state=state, return_state=return_state, mask=mask)
         h, state = h if return_state else (h, None)
         x = x + self.drop(h)
         return (x + self.mlp(self.norm2(x)) if self.mlp is not None else x), state
@@ -101,26 +107,73 @@ class WaveFieldLM(nn.Module):
         if state is not None and (not isinstance(state, (list, tuple)) or len(state) != len(self.blocks)):
             raise ValueError(f"state must be a list with one entry per layer ({len(self.blocks)}), as returned with return_state=True")
 
+    def _past(self, state, batch_size: int):
+        """How many tokens the state has seen, where it tells: an attention layer's KV cache (a
+        wave layer's state keeps no count). None for a model of wave layers only."""
+        for block, s in zip(self.blocks, state):
+            if isinstance(block.mixer, CausalSelfAttention) and s is not None:
+                block.mixer.check_state(s, batch_size)
+                return s["k"].shape[2]
+        return None
+
+    def _check_mask(self, attention_mask, input_ids, state):
+        """attention_mask as given -> (B, N) bool for this call's tokens, or None where every one is real."""
+        B, N = input_ids.shape
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point() or attention_mask.is_complex():
+            raise UserError(f"attention_mask must be a bool or integer tensor of 0/1 (1 = a real token), got "
+                            f"{getattr(attention_mask, 'dtype', type(attention_mask).__name__)}")
+        # after a state, also the whole mask so far: (B, past + N), or any width > N where the state keeps no count
+        past = self._past(state, B) if state is not None else 0
+        width = attention_mask.shape[1] if attention_mask.dim() == 2 and attention_mask.shape[0] == B else None
+        whole = state is not None and width is not None and (width == past + N if past is not None else width > N)
+        if width != N and not whole:
+            expected = f"(batch, seq_len) = {(B, N)}"
+            if state is not None:
+                expected += f" or (batch, past + seq_len) = {(B, past + N)}" if past is not None else " or (batch, past + seq_len)"
+            raise UserError(f"attention_mask must have shape {expected}, got {tuple(attention_mask.shape)}")
+        if attention_mask.dtype != torch.bool and ((attention_mask != 0) & (attention_mask != 1)).any():
+            raise UserError(f"attention_mask must hold only 0 and 1 (1 = a real token), got values in "
+                            f"[{attention_mask.min().item()}, {attention_mask.max().item()}]")
+        mask = attention_mask[:, width - N :].bool()  # (B, N): this call's tokens
+        return None if mask.all() else mask
+
     @staticmethod
     def _check_positions(positions, input_ids, targets):
         B, N = input_ids.shape
         if targets is not None:
             raise ValueError("logits_at and targets exclude each other: targets return the loss, not logits")
+        if isinstance(positions, int) and not isinstance(positions, bool):
+            if positions < 0:
+                raise ValueError(f"logits_at as an int is how many last positions get logits (0: all), >= 0; got {positions}")
+            return
         if not isinstance(positions, torch.Tensor) or positions.dtype != torch.int64 or positions.dim() != 2 or positions.shape[0] != B:
-            raise ValueError(f"logits_at must be an int64 tensor of positions (batch {B}, K), got {getattr(positions, 'dtype', type(positions).__name__)} "
-                             f"of shape {tuple(getattr(positions, 'shape', ()))}")
+            raise ValueError(f"logits_at must be an int (the last k positions) or an int64 tensor of positions (batch {B}, K), got "
+                             f"{getattr(positions, 'dtype', type(positions).__name__)} of shape {tuple(getattr(positions, 'shape', ()))}")
         if positions.numel() and (positions.min() < 0 or positions.max() >= N):
             raise ValueError(f"logits_at positions must lie in [0, {N}), got [{positions.min().item()}, {positions.max().item()}]")
 
-    def forward(self, input_ids, state=None, return_state: bool = False, targets=None, logits_at=None):
+    def forward(self, input_ids, state=None, return_state: bool = False, targets=None, logits_at=None, attention_mask=None):
         """input_ids (B, N) -> logits (B, N, vocab) float; with return_state, (logits, state).
 
         With targets (B, N) (next-token ids, IGNORE_INDEX where nothing is predicted) the result
         is instead the mean cross-entropy, computed without materialising the logits
         (ops.linear_cross_entropy): this is how training calls the model.
         With logits_at, positions (B, K) int64 in [0, N), the output head runs at those
-        positions only and the logits are (B, K, vocab) (bench recall scores its answers so)."""
+        positions only and the logits are (B, K, vocab) (bench recall scores its answers so);
+        an int k means the last k positions (B, min(k, N), vocab), 0 all of them (Hugging
+        Face's logits_to_keep).
+
+        attention_mask (B, N) of 0/1, bool or any integer dtype, 1 at real tokens: masked
+        tokens influence nothing (left and right padding). Continuing from a state, it may
+        also be the whole mask so far (B, past + N), as Hugging Face passes it: only its last N
+        columns are read, since the state carries what the earlier ones did. A masked
+        position's own logits are don't-care. Left padding is exact, prompt and continuation;
+        right padding is exact at the real positions; a mask between real tokens is not, for
+        wave layers (their field keeps decaying over the masked positions)."""
         self._check_inputs(input_ids, state)
+        mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None: no padding
         if targets is not None and (return_state or targets.shape != input_ids.shape):
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} and come without return_state")
         if logits_at is not None:
@@ -129,30 +182,58 @@ class WaveFieldLM(nn.Module):
         state = list(state) if state is not None else [None] * len(self.blocks)
         if input_ids.shape[1] > 0:
             for i, block in enumerate(self.blocks):
-                x, state[i] = block(x, state[i], return_state)
+                x, state[i] = block(x, state[i], return_state, mask)
         if targets is not None:
             return linear_cross_entropy(self.norm(x), self.embed.weight, targets)
-        if logits_at is not None:
+        if isinstance(logits_at, int):
+            x = x[:, max(x.shape[1] - logits_at, 0) :] if logits_at else x  # (B, min(k, N), D)
+        elif logits_at is not None:
             x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, N or K, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 
-    @torch.no_grad()
-    def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
-        """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache."""
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
-        logits, state = self(input_ids, return_state=True)
-        for i in range(max_new_tokens):
-            token = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B, 1)
-            yield token
-            if i + 1 < max_new_tokens:
-                logits, state = self(token, state=state, return_state=True)
+    def _check_ids(self, name: str, ids) -> list[int]:
+        """eos_token_id / pad_token_id as given (an int, or for eos a list of ints) -> a list of token ids."""
+        values = [ids] if isinstance(ids, int) else ids
+        if not isinstance(values, (list, tuple)) or not values or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.config.vocab_size for t in values):
+            raise UserError(f"{name} must be a token id in [0, {self.config.vocab_size})" + (" or a list of them" if name == "eos_token_id" else "") + f", got {ids!r}")
+        return list(values)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
-        """Prompt (B, N) -> prompt plus max_new_tokens sampled tokens (B, N + max_new_tokens)."""
-        new = list(self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator))
+    def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
+               attention_mask=None, eos_token_id=None, pad_token_id=None):
+        """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache.
+
+        attention_mask (B, N) of 0/1 marks the real tokens of left-padded prompts (each row's
+        last token must be real); the new tokens are real. The prompt's logits are computed
+        at its last position only. eos_token_id (an int or a list): a row that has produced
+        one is finished, its later tokens are pad_token_id (default: the first eos id), and the
+        stream ends once every row has finished."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
+        eos = torch.tensor(self._check_ids("eos_token_id", eos_token_id), device=input_ids.device) if eos_token_id is not None else None
+        pad = self._check_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
+        mask = self._check_mask(attention_mask, input_ids, None)  # (B, N) bool, None without padding
+        if mask is not None and not mask[:, -1].all():
+            raise UserError("generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every row")
+        logits, state = self(input_ids, return_state=True, logits_at=1, attention_mask=mask)  # (B, 1, vocab)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i in range(max_new_tokens):
+            token = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B, 1)
+            if eos is not None:  # a finished row's tokens are padding
+                token = token.masked_fill(finished[:, None], pad)
+                finished |= torch.isin(token[:, 0], eos)
+            yield token
+            if i + 1 == max_new_tokens or (eos is not None and finished.all()):
+                return
+            logits, state = self(token, state=state, return_state=True)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
+                 attention_mask=None, eos_token_id=None, pad_token_id=None):
+        """Prompt (B, N) -> prompt plus the sampled tokens (B, N + max_new_tokens), fewer when
+        every row has produced eos_token_id before (see stream for the arguments)."""
+        new = list(self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator, attention_mask, eos_token_id, pad_token_id))
         return torch.cat([input_ids, *new], dim=1)
 
     def save_pretrained(self, path):

@@ -9,7 +9,7 @@ from wavefield.ops import conv_tail, propagate_heads, short_conv
 from wavefield.ops.field import FEATURE_MAPS, gated_field
 
 
-def composed(p, weight, bias, history, omega, alpha, phi, field, n_heads, feature_map, gate, path, chunk_size):
+def composed(p, weight, bias, history, omega, alpha, phi, field, n_heads, feature_map, gate, path, chunk_size, mask=None):
     B, P, N = p.shape
     D = P // (4 if gate else 3)
     qkv, g = p[:, : 3 * D], p[:, 3 * D :]
@@ -18,18 +18,20 @@ def composed(p, weight, bias, history, omega, alpha, phi, field, n_heads, featur
         qkv = short_conv(qkv, history, weight, bias)
     q, k, v = qkv.split(D, dim=1)
     f = FEATURE_MAPS[feature_map]
-    y, state = propagate_heads((f(k) * v).view(B, n_heads, -1, N), omega, alpha, phi, field, path, chunk_size, return_state=True)
+    u = f(k) * v if mask is None else f(k) * v * mask
+    y, state = propagate_heads(u.view(B, n_heads, -1, N), omega, alpha, phi, field, path, chunk_size, return_state=True)
     z = f(q) * y.view(B, D, N)
     return (torch.sigmoid(g) * z if gate else z), state, tail
 
 
 @pytest.mark.parametrize("feature_map", ["identity", "silu", "elu1"])
-@pytest.mark.parametrize("gate,conv,with_state,path,N", [
-    (True, True, True, "chunked", 23), (True, True, False, "chunked", 23), (False, True, True, "chunked", 23),
-    (True, False, True, "chunked", 23), (True, True, True, "fft", 23), (False, False, False, "recurrent", 23),
-    (True, True, True, "chunked", 2),  # shorter than the conv: the new conv state keeps part of the history
+@pytest.mark.parametrize("gate,conv,with_state,path,N,masked", [
+    (True, True, True, "chunked", 23, False), (True, True, False, "chunked", 23, False), (False, True, True, "chunked", 23, False),
+    (True, False, True, "chunked", 23, False), (True, True, True, "fft", 23, False), (False, False, False, "recurrent", 23, False),
+    (True, True, True, "chunked", 2, False),  # shorter than the conv: the new conv state keeps part of the history
+    (True, True, True, "chunked", 23, True), (False, True, False, "fft", 23, True), (True, False, True, "recurrent", 23, True),
 ])
-def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_state, path, N):
+def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_state, path, N, masked):
     gen = torch.Generator().manual_seed(7)
     B, H, d, K = 2, 3, 4, 4
     D = H * d
@@ -41,14 +43,15 @@ def test_gated_field_matches_the_composed_stage(feature_map, gate, conv, with_st
     dz = torch.randn(B, D, N, generator=gen)
     dstate = torch.randn(B, H, d, dtype=torch.complex64, generator=gen)
     dtail = torch.randn(B, 3 * D, K - 1, generator=gen)
+    mask = (torch.rand(B, 1, N, generator=gen) < 0.6).float() if masked else None  # 0: nothing deposited there
 
     results = []
     for fn in (gated_field, composed):
         inputs = [t.clone().requires_grad_() if t is not None else None for t in (p, weight, bias, history, omega, alpha, phi, field)]
         if fn is gated_field:
-            z, state, tail = fn(*inputs, n_heads=H, feature_map=feature_map, gate=gate, path=path, chunk_size=5, return_state=True)
+            z, state, tail = fn(*inputs, n_heads=H, feature_map=feature_map, gate=gate, path=path, chunk_size=5, return_state=True, mask=mask)
         else:
-            z, state, tail = fn(*inputs, H, feature_map, gate, path, 5)
+            z, state, tail = fn(*inputs, H, feature_map, gate, path, 5, mask)
         # the states feed a later tile: their gradients flow back too
         loss = (z * dz).sum() + (state * dstate.conj()).real.sum() + ((tail * dtail).sum() if conv else 0)
         loss.backward()

@@ -1,12 +1,21 @@
 """Causal softmax self-attention with rotary positions: the transformer baseline and the
 attention layers of hybrids. State is a KV cache: {"k": (B, H, T, d), "v": (B, H, T, d),
-"buffer": KVBuffer}, k and v views of the first T positions of the buffer.
+"buffer": KVBuffer}, k and v views of the first T positions of the buffer. Once a mask has
+marked padding, the state also carries "mask" (B, T) bool, True at the real keys (a view of
+the buffer's mask), and "next" (B,) int64, each sample's next rotary position (its number of
+real tokens so far); a state without them has no padding: every key real, next = T.
 
 The buffer is preallocated and grows by doubling, so decoding writes each new key and value
 in place (amortised O(1) per token, not a copy of the whole cache). States are never changed
 by a later call: a call writes only beyond the furthest position any state of its buffer has
 reached, and a call continuing from an older state (a second branch from the same prompt, say)
 copies that state's T positions into a buffer of its own first (copy on write).
+
+Padding: masked keys are seen by no real query, and each sample's tokens take rotary positions
+0, 1, .. counting its real tokens only (cumsum(mask) - 1), so a left-padded sample gets exactly
+the scores it gets alone, in prefill and in decoding. A masked query sees itself only (its
+output is don't-care, but finite). Without a mask and without padding in the state, the code
+path is the unmasked one: SDPA's causal and mask-free fast paths.
 """
 
 import math
@@ -17,13 +26,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def rotary(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
-    """Rotate channel pairs (i, i + d/2) of x (B, H, N, d) by angle position * base^(-2i/d)."""
+def rotary(x: torch.Tensor, start, base: float) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (B, H, N, d) by angle position * base^(-2i/d),
+    at positions start, start + 1, .. (start an int), or at each sample's own positions
+    (start a (B, N) tensor)."""
     B, H, N, d = x.shape
     half = d // 2
     inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (d/2,)
-    pos = torch.arange(start, start + N, device=x.device, dtype=torch.float32)
-    angle = pos[:, None] * inv_freq[None, :]  # (N, d/2)
+    if isinstance(start, int):
+        pos = torch.arange(start, start + N, device=x.device, dtype=torch.float32)  # (N,)
+    else:
+        pos = start.to(torch.float32)[:, None]  # (B, 1, N): the same for every head
+    angle = pos[..., None] * inv_freq  # (N, d/2) or (B, 1, N, d/2)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -31,11 +45,13 @@ def rotary(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
 
 class KVBuffer:
     """Keys and values (B, H, capacity, d) shaped like `like` (B, H, N, d), shared by the states
-    that view their first positions; `end` is the furthest position any of those states reached."""
+    that view their first positions; `end` is the furthest position any of those states reached.
+    With `masked`, also the key mask (B, capacity) bool (True: a real token)."""
 
-    def __init__(self, like: torch.Tensor, capacity: int):
+    def __init__(self, like: torch.Tensor, capacity: int, masked: bool = False):
         B, H, _, d = like.shape
         self.k, self.v = like.new_empty(B, H, capacity, d), like.new_empty(B, H, capacity, d)
+        self.mask = like.new_empty(B, capacity, dtype=torch.bool) if masked else None
         self.end = 0
 
     @property
@@ -67,25 +83,52 @@ class CausalSelfAttention(nn.Module):
         k = state["k"]
         if k.dim() != 4 or k.shape[0] != batch_size or k.shape[1] != self.n_heads or k.shape[3] != self.head_dim:
             raise ValueError(f"attention KV cache must have shape ({batch_size}, {self.n_heads}, T, {self.head_dim}), got {tuple(k.shape)}")
+        if ("mask" in state) != ("next" in state):
+            raise ValueError("attention state with padding must carry both 'mask' and 'next' (as returned with return_state=True)")
+        if "mask" in state:
+            mask, nxt = state["mask"], state["next"]
+            if mask.dtype != torch.bool or tuple(mask.shape) != (batch_size, k.shape[2]):
+                raise ValueError(f"attention state 'mask' must be bool of shape ({batch_size}, {k.shape[2]}), got {mask.dtype} of shape {tuple(mask.shape)}")
+            if nxt.dtype != torch.int64 or tuple(nxt.shape) != (batch_size,):
+                raise ValueError(f"attention state 'next' must be int64 of shape ({batch_size},), got {nxt.dtype} of shape {tuple(nxt.shape)}")
 
-    def _qkv(self, x, start: int):
-        """q, k, v (B, H, N, d) each for x (B, N, D) at positions start .., rotary applied to q and k."""
+    def _qkv(self, x, start):
+        """q, k, v (B, H, N, d) each for x (B, N, D) at positions start .. (an int), or at the
+        positions (B, N) given, rotary applied to q and k."""
         B, N, _ = x.shape
         q, k, v = self.qkv_proj(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
         return rotary(q, start, self.rope_base), rotary(k, start, self.rope_base), v
 
-    def forward(self, x, state=None, return_state: bool = False):
-        """x (B, N, D) -> (B, N, D); the state is the KV cache of every earlier token."""
+    def forward(self, x, state=None, return_state: bool = False, mask=None):
+        """x (B, N, D) -> (B, N, D); the state is the KV cache of every earlier token.
+
+        mask (B, N) bool, True at real tokens (None: all are, and so are the new ones after a
+        state with padding): see the module docstring."""
         B, N, D = x.shape
         if state is not None:
             self.check_state(state, B)
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, N)):
+            raise ValueError(f"attention layer mask must be a bool tensor of shape {(B, N)}, got {mask.dtype} of shape {tuple(mask.shape)}")
         past = state["k"].shape[2] if state is not None else 0
-        q, k, v = self._qkv(x, past)
+        padded = mask is not None or (state is not None and "mask" in state)
+        if padded:  # each sample's own positions: its real tokens so far
+            mask = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=x.device)
+            start = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
+            positions = (start[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
+        q, k, v = self._qkv(x, positions if padded else past)
+        keys = mask
         if state is not None or return_state:
-            state = _append(state, k, v)
-            k, v = state["k"], state["v"]  # (B, H, T + N, d)
+            state = _append(state, k, v, mask if padded else None)
+            k, v, keys = state["k"], state["v"], state.get("mask")  # (B, H, T + N, d); (B, T + N)
+            if padded:
+                state["next"] = start + mask.sum(1)
         drop = self.dropout if self.training else 0.0
-        if past == 0 or N == 1:  # one query after a past sees every key: exactly causal without a mask
+        if padded:  # query i (at key index past + i) sees the real keys up to itself, and itself
+            j = torch.arange(past + N, device=x.device)
+            i = torch.arange(past, past + N, device=x.device)[:, None]
+            allowed = (j <= i) & (keys[:, None, :] | (j == i))  # (B, N, T + N)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=drop)
+        elif past == 0 or N == 1:  # one query after a past sees every key: exactly causal without a mask
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=past == 0)
         else:  # query i sits at position past + i and sees keys 0 .. past + i
             mask = torch.ones(N, past + N, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -103,20 +146,29 @@ class CausalSelfAttention(nn.Module):
         return AttentionTerms(scores.softmax(-1), v)
 
 
-def _append(state, k, v) -> dict:
+def _append(state, k, v, mask=None) -> dict:
     """The KV cache `state` (or None) followed by k, v (B, H, N, d), written in place where the
     state's buffer has room and nothing was written beyond the state's end. Otherwise the state's
     T positions go into a new buffer of max(T + N, 2T) positions first: doubling when the buffer
-    is full, copy on write when another state of the same buffer has gone beyond this one."""
+    is full, copy on write when another state of the same buffer has gone beyond this one.
+    The key mask goes along where there is padding: the state's (its keys all real if it has
+    none) followed by mask (B, N) bool (None: all real)."""
     T, N = (state["k"].shape[2] if state is not None else 0), k.shape[2]
     buf = state.get("buffer") if state is not None else None
+    masked = mask is not None or (state is not None and "mask" in state)
     # a state cut to some samples (or made by hand) is no view of the buffer it carries
     views = buf is not None and buf.k.shape[0] == k.shape[0] and (
-        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr())) and (
+        not masked or (buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()))
     if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
-        buf = KVBuffer(k, max(T + N, 2 * T))  # a prompt's cache exactly; the first token after it doubles it
+        buf = KVBuffer(k, max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
         if T:
             buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
+            if masked:
+                buf.mask[:, :T] = state.get("mask", True)
     buf.k[:, :, T : T + N], buf.v[:, :, T : T + N] = k, v
     buf.end = T + N
-    return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "buffer": buf}
+    if not masked:
+        return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "buffer": buf}
+    buf.mask[:, T : T + N] = mask if mask is not None else True
+    return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "mask": buf.mask[:, : T + N], "buffer": buf}

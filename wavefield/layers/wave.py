@@ -19,6 +19,9 @@ State (for processing a long input in pieces, and for decoding one token at a ti
 dict: "field", the complex wave state (B, H, d) (or (B, H, d, d) for outer deposits), and
 "conv", the last short_conv - 1 inputs of the short convolution (B, short_conv - 1, 3D).
 
+Padding: with a mask, masked tokens deposit nothing and enter the short conv as zeros, so a
+left-padded batch gives each sample exactly what it gives alone (see forward).
+
 `decompose` gives the forward term by term (deposits, kernel, complex field, read, gate): what
 diagnostics read, tested to reproduce the forward.
 """
@@ -162,54 +165,71 @@ class WaveFieldAttention(nn.Module):
         if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, 3 * self.d_model)):
             raise ValueError(f"wave conv state must have shape {(batch_size, self.short_conv - 1, 3 * self.d_model)}")
 
-    def forward(self, x, state=None, return_state: bool = False):
-        """x (B, N, D) -> (B, N, D); with return_state, (out, state) for exact continuation."""
+    def forward(self, x, state=None, return_state: bool = False, mask=None):
+        """x (B, N, D) -> (B, N, D); with return_state, (out, state) for exact continuation.
+
+        mask (B, N) bool, True at real tokens (None: all are): a masked position deposits
+        nothing, and its projections q, k, v are zeroed before the short conv. A real token
+        after masked ones then sees the conv history a sequence starts with (zeros), and the
+        field it reads holds the real tokens' deposits only: the kernel is time-invariant, so
+        leading zeros change nothing. Left padding is therefore exact (each sample as if run
+        alone, the state after it included), and right padding is, at the real positions. Masks
+        between real tokens are not: the field keeps decaying over them. A masked position's
+        own output is the read of the field there (don't-care)."""
         B, N, D = x.shape
         if state is not None:
             self.check_state(state, B)
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, N)):
+            raise ValueError(f"wave layer mask must be a bool tensor of shape {(B, N)}, got {mask.dtype} of shape {tuple(mask.shape)}")
         if N == 0:
             out = self.out_proj(x)
             return (out, state) if return_state else out
         path = self.path if self.path != "auto" else ("recurrent" if N <= 4 else "chunked")
         if path != "chunked":
-            return self._tiles(x, state, path, N, return_state)
+            return self._tiles(x, state, path, N, return_state, mask)
         # The chunked path continues from a state exactly, so the input runs in tiles of about
         # tile_size tokens, projections included: a tile's intermediates stay in cache and extra
         # memory is O(tile). Long sequences are cut along time, short ones grouped by sample.
         # On a GPU, groups run one after another would leave it idle: the batch stays whole there.
         group = max(1, self.tile_size // N) if x.device.type == "cpu" else B
         if B <= group:
-            return self._tiles(x, state, path, self.tile_size, return_state)
+            return self._tiles(x, state, path, self.tile_size, return_state, mask)
         pieces = x.split(group, dim=0)  # split, not slices: one gradient copy, not one per piece
         states = [None] * len(pieces)
         if state is not None:  # each group continues from its own samples' state
             states = [{k: v[i : i + group] if v is not None else None for k, v in state.items()} for i in range(0, B, group)]
-        results = [self._tiles(piece, piece_state, path, self.tile_size, return_state) for piece, piece_state in zip(pieces, states)]
+        masks = mask.split(group, dim=0) if mask is not None else [None] * len(pieces)
+        results = [self._tiles(piece, piece_state, path, self.tile_size, return_state, piece_mask)
+                   for piece, piece_state, piece_mask in zip(pieces, states, masks)]
         if not return_state:
             return torch.cat(results, dim=0)
         outs, new_states = zip(*results)
         return torch.cat(outs, dim=0), {k: _cat([s[k] for s in new_states]) for k in new_states[0]}
 
-    def _tiles(self, x, state, path: str, tile: int, return_state: bool):
+    def _tiles(self, x, state, path: str, tile: int, return_state: bool, mask=None):
         """x (B, N, D) in tiles of `tile` tokens along time, the state carried from one to the next."""
         outs, tiles = [], x.split(tile, dim=1)
+        masks = mask.split(tile, dim=1) if mask is not None else [None] * len(tiles)
         mix = partial(checkpoint, self._mix, use_reentrant=False) if self.recompute == "tile" and torch.is_grad_enabled() else self._mix
-        for i, piece in enumerate(tiles):
-            out, state = mix(piece, state, path, need_state=return_state or i + 1 < len(tiles))
+        for i, (piece, piece_mask) in enumerate(zip(tiles, masks)):
+            out, state = mix(piece, state, path, return_state or i + 1 < len(tiles), piece_mask)
             outs.append(out)
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return (out, state) if return_state else out
 
-    def _mix(self, x, state, path: str, need_state: bool):
+    def _mix(self, x, state, path: str, need_state: bool, mask=None):
         """One pass over x (B, N, D), channel-major inside: every channel's time series is contiguous."""
         p = self._project(x)  # (B, 4D, N)
+        if mask is not None:  # masked positions: zero projections (the conv's inputs), and no deposit
+            mask = mask[:, None].to(p.dtype)  # (B, 1, N)
+            p = p * mask
         if self.implementation == "fused":
             field = self._gated_field  # one op; its backward recomputes what it needs from p
         elif self.recompute == "field" and torch.is_grad_enabled():
             field = partial(checkpoint, self._field, use_reentrant=False)
         else:
             field = self._field
-        z, state = field(p, state, path, need_state)  # (B, D, N)
+        z, state = field(p, state, path, need_state, mask)  # (B, D, N)
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(x.shape[0], -1, -1))  # (B, N, D)
         return out, state
 
@@ -231,34 +251,36 @@ class WaveFieldAttention(nn.Module):
             qkv, conv_state = self._short_conv(qkv, conv_state)
         return (*qkv.split(D, dim=1), g, conv_state)
 
-    def _gated_field(self, p, state, path: str, need_state: bool):
+    def _gated_field(self, p, state, path: str, need_state: bool, mask=None):
         """_field for channel deposits without norm, fused into one op with a hand-written backward (ops.field)."""
         conv_state, field_in = (state["conv"], state["field"]) if state is not None else (None, None)
         weight, bias, history = None, None, None
         if self.conv is not None:
             weight, bias, history = self.conv.weight[:, 0], self.conv.bias, self._history(p[:, : 3 * self.d_model], conv_state)
         z = gated_field(p, weight, bias, history, self.omega, self.alpha, self.phi, field_in, self.n_heads,
-                        self.feature_map, self.gate, path, self.chunk_size, need_state)
+                        self.feature_map, self.gate, path, self.chunk_size, need_state, mask)
         if not need_state:
             return z, None
         z, field, tail = z
         return z, {"field": field, "conv": tail.transpose(1, 2) if tail is not None else conv_state}
 
-    def _field(self, p, state, path: str, need_state: bool):
-        """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state.
-        The reference composition of autograd ops; _gated_field is its fused form."""
+    def _field(self, p, state, path: str, need_state: bool, mask=None):
+        """Projections p (B, 4D, N) -> the gated read of the field z (B, D, N), and the new state,
+        nothing deposited where mask (B, 1, N) is 0. The reference composition of autograd ops;
+        _gated_field is its fused form."""
         B, _, N = p.shape
         D = self.d_model
         q, k, v, g, conv_state = self._split(p, state["conv"] if state is not None else None)  # (B, D, N) each
 
         field_in = state["field"] if state is not None else None
+        fk = self.f(k) if mask is None else self.f(k) * mask  # masked positions deposit nothing
         if self.deposit == "outer":  # ops.outer works time-major: (B, N, H, d)
             heads = lambda t: t.view(B, self.n_heads, self.head_dim, N).permute(0, 3, 1, 2)  # noqa: E731
             outer_path = "quadratic" if path == "fft" else path  # its whole-sequence form
-            y = propagate_outer(heads(self.f(q)) * self.head_dim**-0.5, heads(self.f(k)), heads(v), self.omega, self.alpha, self.phi,
+            y = propagate_outer(heads(self.f(q)) * self.head_dim**-0.5, heads(fk), heads(v), self.omega, self.alpha, self.phi,
                                 field_in, outer_path, self.chunk_size, need_state)
         else:
-            u = self._heads(self.f(k) * v)  # (B, H, d, N)
+            u = self._heads(fk * v)  # (B, H, d, N)
             y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
         field = None
         if need_state:
