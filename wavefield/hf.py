@@ -19,6 +19,9 @@ so the core package neither needs transformers nor pays for importing it.
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,11 +32,12 @@ from .errors import MissingError, UserError
 HF_EXTRA = "pip install -e '.[hf]'"
 
 try:
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
     from transformers.modeling_outputs import CausalLMOutputWithPast
 except ImportError as e:  # pragma: no cover - exercised in a process without transformers
     raise MissingError(f"the Hugging Face integration needs transformers and friends: {HF_EXTRA} ({e})") from None
 
+from .data.tokenizer import EOS, Tokenizer  # noqa: E402
 from .model import WaveFieldLM  # noqa: E402
 from .ops.loss import IGNORE_INDEX  # noqa: E402
 
@@ -224,17 +228,69 @@ class WaveFieldForCausalLM(WaveFieldPreTrainedModel, GenerationMixin):
 
 def _logits_positions(logits_to_keep, input_ids):
     """transformers' logits_to_keep (an int k: the last k positions, 0 all; or a 1-D tensor of
-    positions) -> the native logits_at positions (B, K) int64, or None for all."""
-    B, N = input_ids.shape
+    positions, the same for every row) -> the native logits_at (an int, or positions (B, K))."""
     if isinstance(logits_to_keep, torch.Tensor):
         if logits_to_keep.dim() != 1:
             raise ValueError(f"logits_to_keep as a tensor must be 1-D positions, got shape {tuple(logits_to_keep.shape)}")
-        return logits_to_keep.to(input_ids.device, torch.int64).expand(B, -1)
-    if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
-        raise ValueError(f"logits_to_keep must be an int >= 0 or a 1-D tensor of positions, got {logits_to_keep!r}")
-    if logits_to_keep == 0 or logits_to_keep >= N:
-        return None
-    return torch.arange(N - logits_to_keep, N, device=input_ids.device).expand(B, -1)
+        return logits_to_keep.to(input_ids.device, torch.int64).expand(input_ids.shape[0], -1)
+    return logits_to_keep  # the native model checks it
+
+
+# ---------------------------------------------------------------- tokenizer and export
+
+def hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """Our tokenizer (any kind: bpe, gpt2, bytes) as a transformers fast tokenizer over the same
+    tokenizer.json, with <|endoftext|> as its eos and pad token. It pads on the left, as
+    generating from a padded batch needs (lm-eval sets the side it wants itself)."""
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, eos_token=EOS, pad_token=EOS, padding_side="left")
+
+
+def export_hf(path, out_dir) -> Path:
+    """Write a run folder or checkpoint (or a saved model folder with its tokenizer.json) as a
+    Hugging Face folder: config.json (model_type "wavefield"), model.safetensors,
+    generation_config.json and the tokenizer files AutoTokenizer loads.
+
+    out_dir must not exist or be an empty folder: nothing is overwritten. The folder is written
+    beside it under a temporary name and renamed into place when complete."""
+    from .checkpoint import load_checkpoint
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder; nothing was written (choose another --out)")
+    model, tokenizer, _ = load_checkpoint(path)
+    hf = WaveFieldForCausalLM.from_wavefield(model, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf.save_pretrained(tmp)
+        hf_tokenizer(tokenizer).save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is an ordinary folder
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_hf(path, dtype=None) -> tuple["WaveFieldForCausalLM", PreTrainedTokenizerFast]:
+    """An exported folder -> (model in eval mode, tokenizer), with errors that say what is wrong."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise MissingError(f"{path} is not a Hugging Face model folder (no config.json)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{config_file} is not a valid config: {e}") from None
+    if model_type != MODEL_TYPE:
+        raise UserError(f"{path} holds a model of type {model_type!r}, not {MODEL_TYPE!r} (export one with `wavefield export`)")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise MissingError(f"{path} has no tokenizer (tokenizer.json); `wavefield export` writes one")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def register():
