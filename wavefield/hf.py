@@ -233,7 +233,9 @@ def _logits_positions(logits_to_keep, input_ids):
         if logits_to_keep.dim() != 1:
             raise ValueError(f"logits_to_keep as a tensor must be 1-D positions, got shape {tuple(logits_to_keep.shape)}")
         return logits_to_keep.to(input_ids.device, torch.int64).expand(input_ids.shape[0], -1)
-    return logits_to_keep  # the native model checks it
+    if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 (the last k positions, 0 all) or a 1-D tensor of positions, got {logits_to_keep!r}")
+    return logits_to_keep
 
 
 # ---------------------------------------------------------------- tokenizer and export
@@ -256,7 +258,7 @@ def export_hf(path, out_dir) -> Path:
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} exists and is not an empty folder; nothing was written (choose another --out)")
+        raise UserError(f"{out} exists and is not an empty folder; nothing was written (choose another --out)")
     model, tokenizer, _ = load_checkpoint(path)
     hf = WaveFieldForCausalLM.from_wavefield(model, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id)
     out.parent.mkdir(parents=True, exist_ok=True)
