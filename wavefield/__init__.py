@@ -46,7 +46,7 @@ class _RegisterWhenImported(importlib.abc.MetaPathFinder):
         return spec
 
 
-if "transformers" in sys.modules:
+if sys.modules.get("transformers") is not None:
     _register_hf()
 elif not any(isinstance(f, _RegisterWhenImported) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWhenImported())
