@@ -120,12 +120,12 @@ def _lm_eval():
 
 
 def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=None, device="cpu", include_path=None,
-                     num_fewshot=None, cache_dir=None) -> dict:
+                     num_fewshot=None, cache_dir=None, log_samples: bool = False) -> dict:
     """lm_eval.simple_evaluate on a checkpoint (run folder, checkpoint or exported HF folder) in
     this process: HFLM over the model object and its tokenizer. Returns lm_eval's results dict.
 
     tasks: names (a list, or one comma-separated string) of our tasks (TASKS), of lm-eval's
-    own, or of YAMLs under include_path."""
+    own, or of YAMLs under include_path. log_samples keeps every request's responses (results["samples"])."""
     from .checkpoint import load_checkpoint
     from .hf import WaveFieldForCausalLM, hf_tokenizer, load_hf
 
@@ -155,7 +155,7 @@ def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=No
         model, tokenizer = WaveFieldForCausalLM.from_wavefield(native, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id), hf_tokenizer(tok)
     lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length, device=device)
     return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                   log_samples=False, bootstrap_iters=0)
+                                   log_samples=log_samples, bootstrap_iters=0)
 
 
 def results_json(results: dict) -> str:
