@@ -70,8 +70,10 @@ class Block(nn.Module):
 
     def forward(self, x, state=None, return_state: bool = False, mask=None):
         """(x, state) -> (x, new state); the new state is None unless asked for (training never
-        needs it). mask (B, N) bool marks the real tokens (None: all are)."""
-        h = self.mixer(self.norm1(x), state=state, return_state=return_state, mask=mask)
+        needs it). mask (B, N) bool marks the real tokens (None: all are); it reaches the mixer
+        only when given, so a mixer without padding support still runs unpadded batches."""
+        padding = {"mask": mask} if mask is not None else {}
+        h = self.mixer(self.norm1(x), state=state, return_state=return_state, **padding)
         h, state = h if return_state else (h, None)
         x = x + self.drop(h)
         return (x + self.mlp(self.norm2(x)) if self.mlp is not None else x), state
@@ -136,7 +138,7 @@ class WaveFieldLM(nn.Module):
         if attention_mask.dtype != torch.bool and ((attention_mask != 0) & (attention_mask != 1)).any():
             raise UserError(f"attention_mask must hold only 0 and 1 (1 = a real token), got values in "
                             f"[{attention_mask.min().item()}, {attention_mask.max().item()}]")
-        mask = attention_mask[:, width - N :].bool()  # (B, N): this call's tokens
+        mask = attention_mask[:, width - N :].to(input_ids.device, torch.bool)  # (B, N): this call's tokens
         return None if mask.all() else mask
 
     @staticmethod
@@ -166,12 +168,14 @@ class WaveFieldLM(nn.Module):
         Face's logits_to_keep).
 
         attention_mask (B, N) of 0/1, bool or any integer dtype, 1 at real tokens: masked
-        tokens influence nothing (left and right padding). Continuing from a state, it may
-        also be the whole mask so far (B, past + N), as Hugging Face passes it: only its last N
-        columns are read, since the state carries what the earlier ones did. A masked
-        position's own logits are don't-care. Left padding is exact, prompt and continuation;
-        right padding is exact at the real positions; a mask between real tokens is not, for
-        wave layers (their field keeps decaying over the masked positions)."""
+        tokens influence nothing. Continuing from a state it may also be the whole mask so far,
+        (B, past + N), as Hugging Face passes it; only its last N columns are read, the state
+        carrying what the earlier ones did. past is checked against an attention layer's KV
+        cache; a state of wave layers only keeps no count, so there any width > N is taken for
+        the whole mask. Left padding is exact, in the prompt and after it (each sample gets the
+        logits it gets alone); right padding is exact at the real positions; masked tokens
+        between real ones are exact for attention layers, not for wave layers (their field
+        keeps decaying over them). A masked position's own logits are don't-care."""
         self._check_inputs(input_ids, state)
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None: no padding
         if targets is not None and (return_state or targets.shape != input_ids.shape):
@@ -192,12 +196,13 @@ class WaveFieldLM(nn.Module):
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, N or K, vocab), tied to the embedding
         return (logits, state) if return_state else logits
 
-    def _check_ids(self, name: str, ids) -> list[int]:
-        """eos_token_id / pad_token_id as given (an int, or for eos a list of ints) -> a list of token ids."""
-        values = [ids] if isinstance(ids, int) else ids
-        if not isinstance(values, (list, tuple)) or not values or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.config.vocab_size for t in values):
-            raise UserError(f"{name} must be a token id in [0, {self.config.vocab_size})" + (" or a list of them" if name == "eos_token_id" else "") + f", got {ids!r}")
-        return list(values)
+    def _token_ids(self, name: str, ids, many: bool = False) -> list[int]:
+        """pad_token_id (an int) or, with many, eos_token_id (an int or a list of ints) -> a list of token ids."""
+        values = list(ids) if many and isinstance(ids, (list, tuple)) else [ids]
+        V = self.config.vocab_size
+        if not values or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in values):
+            raise UserError(f"{name} must be a token id in [0, {V})" + (" or a list of them" if many else "") + f", got {ids!r}")
+        return values
 
     @torch.no_grad()
     def stream(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, generator=None,
@@ -211,8 +216,8 @@ class WaveFieldLM(nn.Module):
         stream ends once every row has finished."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
-        eos = torch.tensor(self._check_ids("eos_token_id", eos_token_id), device=input_ids.device) if eos_token_id is not None else None
-        pad = self._check_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
+        eos = torch.tensor(self._token_ids("eos_token_id", eos_token_id, many=True), device=input_ids.device) if eos_token_id is not None else None
+        pad = self._token_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
         mask = self._check_mask(attention_mask, input_ids, None)  # (B, N) bool, None without padding
         if mask is not None and not mask[:, -1].all():
             raise UserError("generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every row")

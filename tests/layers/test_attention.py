@@ -1,5 +1,5 @@
 """The attention layer on its own: its KV cache (grown in place, never corrupting an earlier
-state) and its decomposition into attention weights and values."""
+state, with padding too) and its decomposition into attention weights and values."""
 
 import pytest
 import torch
@@ -78,6 +78,48 @@ def test_one_query_after_a_past_runs_without_a_mask(monkeypatch):
     out, _ = attn(x[:, 8:], state=state, return_state=True)
     assert calls[0].get("attn_mask") is None and not calls[0].get("is_causal")
     torch.testing.assert_close(out, attn(x)[:, 8:], atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_padded_cache_grows_in_place_and_branches_without_corrupting_each_other():
+    """After a left-padded prompt the state carries the key mask and each sample's next
+    position; decoding writes both in place, two branches from one state keep apart, and a
+    state cut to some samples continues them."""
+    attn, x = layer(4), torch.randn(2, 30, 16)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[0, :3] = False  # sample 0: three pads, then 27 real tokens
+    _, p = attn(x[:, :5], mask=mask[:, :5], return_state=True)
+    assert p["next"].tolist() == [2, 5] and torch.equal(p["mask"], mask[:, :5])
+    kept = p["k"].clone(), p["mask"].clone(), p["next"].clone()
+    state, moved, outs = p, [], []
+    for t in range(5, 30):
+        before = state["mask"].data_ptr()
+        out, state = attn(x[:, t : t + 1], state=state, return_state=True)  # new tokens are real: no mask needed
+        outs.append(out)
+        moved += [t] if state["mask"].data_ptr() != before else []
+    assert moved == [5, 10, 20] and state["next"].tolist() == [27, 30]
+    torch.testing.assert_close(torch.cat(outs, 1), attn(x, mask=mask)[:, 5:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(outs, 1)[0], attn(x[:1, 3:])[0, 2:], atol=1e-6, rtol=1e-5)  # sample 0 alone
+    out_b, _ = attn(x[:, 7:8], state=p, return_state=True)  # a second branch from the prompt: copy on write
+    torch.testing.assert_close(out_b, attn(torch.cat([x[:, :5], x[:, 7:8]], 1), mask=mask[:, :6])[:, 5:], atol=1e-6, rtol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip((p["k"], p["mask"], p["next"]), kept))
+    cut = {**p, **{key: p[key][:1] for key in ("k", "v", "mask", "next")}}  # sample 0 alone (a beam search reorders so)
+    out_cut, _ = attn(x[:1, 5:6], state=cut, return_state=True)
+    torch.testing.assert_close(out_cut, attn(x[:1, 3:6])[:, 2:], atol=1e-6, rtol=1e-5)
+
+
+def test_a_bad_padding_state_or_mask_is_refused():
+    attn = layer()
+    _, state = attn(torch.randn(2, 4, 16), mask=torch.tensor([[False, True, True, True]] * 2), return_state=True)
+    x = torch.randn(2, 1, 16)
+    for bad, needle in [({**state, "mask": state["mask"][:, :3]}, r"'mask' must be bool of shape \(2, 4\)"),
+                        ({**state, "mask": state["mask"].long()}, "'mask' must be bool"),
+                        ({**state, "next": state["next"][:1]}, r"'next' must be int64 of shape \(2,\)"),
+                        ({k: v for k, v in state.items() if k != "next"}, "both 'mask' and 'next'")]:
+        with pytest.raises(ValueError, match=needle):
+            attn(x, state=bad)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 1\)"):
+        attn(x, mask=torch.ones(2, 1, dtype=torch.long))
 
 
 def test_decomposition_reproduces_the_forward():

@@ -99,11 +99,13 @@ def test_recompute_gives_the_same_gradients(recompute, deposit):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("recompute", ["none", "field", "tile"])
-def test_fused_and_reference_field_agree_under_every_recompute_policy(recompute):
+def test_fused_and_reference_field_agree_under_every_recompute_policy(recompute, masked):
     """The fused op and its autograd composition, each under a memory policy, against the
-    composition keeping everything: the same output, state and gradients. The fused op always
-    recomputes the field in backward, so it refuses recompute="none"."""
+    composition keeping everything: the same output, state and gradients, with and without a
+    mask of padding (cut into tiles of 9). The fused op always recomputes the field in
+    backward, so it refuses recompute="none"."""
     torch.manual_seed(5)
     base = WaveFieldAttention(16, 2, tile_size=9, recompute="none", implementation="reference")
     layers = [WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, implementation="reference")]
@@ -114,11 +116,12 @@ def test_fused_and_reference_field_agree_under_every_recompute_policy(recompute)
         layers.append(WaveFieldAttention(16, 2, tile_size=9, recompute=recompute, implementation="fused"))
     assert [layer.implementation for layer in layers] == ["reference", "fused"][: len(layers)]
     x = torch.randn(2, 40, 16)
+    mask = torch.rand(2, 40) < 0.7 if masked else None
     runs = []
     for layer in [base, *layers]:
         layer.load_state_dict(base.state_dict())
         xg = x.clone().requires_grad_()
-        out, state = layer(xg, return_state=True)
+        out, state = layer(xg, return_state=True, mask=mask)
         (out.square().sum() + state["field"].abs().square().sum()).backward()
         runs.append([out, state["field"], state["conv"], xg.grad, *(p.grad for p in layer.parameters())])
     for run in runs[1:]:
@@ -171,6 +174,8 @@ def test_outer_deposit_keeps_a_matrix_field_per_head():
         WaveFieldAttention(24, 3, deposit="matrix")
     with pytest.raises(ValueError, match="recompute must be one of"):
         WaveFieldAttention(24, 3, recompute=True)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 9\)"):
+        layer(torch.randn(2, 9, 24), mask=torch.ones(2, 8, dtype=torch.bool))
 
 
 def test_bfloat16_autocast_training_stays_close_to_float32():

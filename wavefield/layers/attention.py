@@ -12,7 +12,7 @@ reached, and a call continuing from an older state (a second branch from the sam
 copies that state's T positions into a buffer of its own first (copy on write).
 
 Padding: masked keys are seen by no real query, and each sample's tokens take rotary positions
-0, 1, .. counting its real tokens only (cumsum(mask) - 1), so a left-padded sample gets exactly
+0, 1, .. counting its real tokens only (cumsum(mask) - 1, clamped at 0), so a left-padded sample gets exactly
 the scores it gets alone, in prefill and in decoding. A masked query sees itself only (its
 output is don't-care, but finite). Without a mask and without padding in the state, the code
 path is the unmasked one: SDPA's causal and mask-free fast paths.
@@ -111,17 +111,18 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"attention layer mask must be a bool tensor of shape {(B, N)}, got {mask.dtype} of shape {tuple(mask.shape)}")
         past = state["k"].shape[2] if state is not None else 0
         padded = mask is not None or (state is not None and "mask" in state)
+        start = past  # without padding, every sample's tokens sit at positions past, past + 1, ..
         if padded:  # each sample's own positions: its real tokens so far
             mask = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=x.device)
-            start = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
-            positions = (start[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
-        q, k, v = self._qkv(x, positions if padded else past)
+            nxt = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
+            start = (nxt[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
+        q, k, v = self._qkv(x, start)
         keys = mask
         if state is not None or return_state:
-            state = _append(state, k, v, mask if padded else None)
+            state = _append(state, k, v, mask)
             k, v, keys = state["k"], state["v"], state.get("mask")  # (B, H, T + N, d); (B, T + N)
             if padded:
-                state["next"] = start + mask.sum(1)
+                state["next"] = nxt + mask.sum(1)
         drop = self.dropout if self.training else 0.0
         if padded:  # query i (at key index past + i) sees the real keys up to itself, and itself
             j = torch.arange(past + N, device=x.device)
@@ -158,8 +159,9 @@ def _append(state, k, v, mask=None) -> dict:
     masked = mask is not None or (state is not None and "mask" in state)
     # a state cut to some samples (or made by hand) is no view of the buffer it carries
     views = buf is not None and buf.k.shape[0] == k.shape[0] and (
-        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr())) and (
-        not masked or (buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()))
+        (state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
+    if masked:  # and where there is padding, the key mask too
+        views = views and buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()
     if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
         buf = KVBuffer(k, max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
         if T:
