@@ -170,9 +170,6 @@ def add_export(commands):
 def run_export(args) -> int:
     from .hf import export_hf  # without transformers: a MissingError that names the extra
 
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # a one-file "Writing model shards" bar
     out = export_hf(args.checkpoint, args.out)
     print(f"wrote {out} (load it with transformers after `import wavefield`: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     return 0

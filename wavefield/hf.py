@@ -34,6 +34,7 @@ HF_EXTRA = "pip install -e '.[hf]'"
 try:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.utils import logging
 except ImportError as e:  # pragma: no cover - exercised in a process without transformers
     raise MissingError(f"the Hugging Face integration needs transformers and friends: {HF_EXTRA} ({e})") from None
 
@@ -263,6 +264,8 @@ def export_hf(path, out_dir) -> Path:
     hf = WaveFieldForCausalLM.from_wavefield(model, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    bar = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # no "Writing model shards" bar for one file
     try:
         hf.save_pretrained(tmp)
         hf_tokenizer(tokenizer).save_pretrained(tmp)
@@ -272,6 +275,8 @@ def export_hf(path, out_dir) -> Path:
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bar:
+            logging.enable_progress_bar()
     return out
 
 

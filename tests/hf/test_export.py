@@ -124,7 +124,7 @@ def test_folders_that_are_not_ours(exported, tmp_path, capsys):
 def test_without_transformers_the_core_works_and_hf_commands_name_the_extra(trained_run, tmp_path):
     """A process where `import transformers` fails: wavefield imports and trains' models run; export and
     --lm-eval end with one line naming the extra."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         sys.modules["transformers"] = None  # import transformers raises ImportError from here on
         import torch, wavefield

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import VOCAB, as_hf, tiny_model
+from conftest import as_hf, tiny_model
 
 pytest.importorskip("peft")
 
