@@ -159,6 +159,18 @@ class WaveFieldPreTrainedModel(PreTrainedModel):
         """Nothing: WaveFieldLM's constructor initialises its weights (the same as native training
         starts from), and from_pretrained loads every tensor (a missing one is an error)."""
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' from_pretrained, except that a tensor missing from the folder is an
+        error (transformers would warn and leave it uninitialised)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise UserError(f"{args[0] if args else 'the folder'} lacks {len(missing)} of the model's tensors ({missing[0]}, ...): "
+                            f"not a complete wavefield export")
+        return (model, info) if want_info else model
+
 
 class WaveFieldForCausalLM(WaveFieldPreTrainedModel, GenerationMixin):
     """A WaveFieldLM (self.model) behind transformers' causal-LM interface.

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from wavefield.checkpoint import load_checkpoint
 from wavefield.cli import main
@@ -119,6 +120,13 @@ def test_folders_that_are_not_ours(exported, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="has no tokenizer"):
         load_hf(untokenized)
     fails(["eval", str(untokenized), "--lm-eval", "wavefield_lambada"], capsys, "has no tokenizer")
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(exported, incomplete)
+    tensors = load_file(incomplete / "model.safetensors")
+    del tensors["model.blocks.0.mixer.in_proj.weight"]
+    save_file(tensors, incomplete / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks 1 of the model's tensors"):
+        load_hf(incomplete)  # transformers alone would leave it uninitialised
 
 
 def test_without_transformers_the_core_works_and_hf_commands_name_the_extra(trained_run, tmp_path):
