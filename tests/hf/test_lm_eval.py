@@ -99,6 +99,30 @@ def test_lambada_through_lm_eval_agrees_with_eval_task_lambada(trained_run, tmp_
     assert theirs["perplexity,none"] == pytest.approx(ours["ppl"], rel=1e-3)
 
 
+def test_lambada_definitions_agree_where_the_model_is_right(trained_run, tmp_path):
+    """Our wavefield_lambada YAML on passages whose continuation is the model's greedy output
+    (or that output with its last character changed): acc 0.5 both ways, the same perplexity."""
+    from importlib.resources import files
+
+    import torch
+
+    from wavefield.checkpoint import load_checkpoint
+    from wavefield.lambada import score_lambada
+
+    model, tok, _ = load_checkpoint(trained_run)
+    docs = []
+    for i, context in enumerate(["To be, or not to be, that is", "O Romeo, Romeo, wherefore", "Now is the winter of", "Friends, Romans, lend me"]):
+        greedy = tok.decode(model.generate(torch.tensor([tok.encode(context)]), 3, temperature=0)[0, -3:].tolist())
+        docs.append({"context": context, "continuation": greedy if i % 2 else greedy[:-1] + ("x" if greedy[-1] != "x" else "y")})
+    (tmp_path / "lambada.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    template = (files("wavefield") / "lm_eval_tasks" / "wavefield_lambada.yaml").read_text()
+    (tmp_path / "tiny_lambada.yaml").write_text(template.replace("task: wavefield_lambada", "task: tiny_lambada").replace("@DATA_DIR@", str(tmp_path)))
+    ours = score_lambada(model, tok, [(d["context"], d["continuation"]) for d in docs], max_context=2048)
+    theirs = evaluate_lm_eval(trained_run, "tiny_lambada", batch_size=2, include_path=tmp_path)["results"]["tiny_lambada"]
+    assert ours["accuracy"] == theirs["acc,none"] == 0.5
+    assert theirs["perplexity,none"] == pytest.approx(ours["ppl"], rel=1e-6)
+
+
 def test_lm_eval_command_line_with_the_model_registered(exported, task_dir, tmp_path):
     """python -m wavefield.lm_eval: lm_eval's own CLI loads the exported folder by path."""
     cmd = [sys.executable, "-m", "wavefield.lm_eval", "--model", "hf", "--model_args", f"pretrained={exported}", "--tasks", "tiny_ll,tiny_mc",
