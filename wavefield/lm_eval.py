@@ -147,7 +147,7 @@ def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=No
     if unknown:
         raise UserError(f"unknown lm-eval task {unknown[0]!r}: ours are {', '.join(TASKS)}; lm-eval's own need their datasets "
                         f"(offline: a local YAML under --lm-eval-include)")
-    if (Path(path) / "config.json").is_file() and json.loads((Path(path) / "config.json").read_text()).get("model_type"):
+    if _is_hf_folder(path):
         model, tokenizer = load_hf(path)  # an exported folder
         model.to(device)
     else:
@@ -156,6 +156,14 @@ def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=No
     lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length, device=device)
     return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
                                    log_samples=log_samples, bootstrap_iters=0)
+
+
+def _is_hf_folder(path) -> bool:
+    """A folder whose config.json names a model_type (a native config has none; a broken one is the native loader's to report)."""
+    try:
+        return "model_type" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def results_json(results: dict) -> str:
