@@ -35,7 +35,7 @@ try:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
     from transformers.modeling_outputs import CausalLMOutputWithPast
     from transformers.utils import logging
-except ImportError as e:  # pragma: no cover - exercised in a process without transformers
+except ImportError as e:  # tests/hf/test_export.py runs a process without transformers
     raise MissingError(f"the Hugging Face integration needs transformers and friends: {HF_EXTRA} ({e})") from None
 
 from .data.tokenizer import EOS, Tokenizer  # noqa: E402

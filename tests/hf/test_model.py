@@ -153,6 +153,11 @@ def test_cache_reorders_along_the_batch(kind):
     cache.reorder_cache(torch.tensor([2, 2, 0]))
     logits = hf(ids[[2, 2, 0], 6:], past_key_values=cache).logits
     torch.testing.assert_close(logits, native(ids[[2, 2, 0]])[:, 6:], rtol=1e-5, atol=1e-5)
+    cache = hf(ids[:, :6], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(2)  # rows 0, 0, 1, 1, 2, 2 (num_return_sequences with a cache given)
+    cache.batch_select_indices(torch.tensor([5, 0, 3]))  # rows 2, 0, 1
+    logits = hf(ids[[2, 0, 1], 6:], past_key_values=cache).logits
+    torch.testing.assert_close(logits, native(ids[[2, 0, 1]])[:, 6:], rtol=1e-5, atol=1e-5)
 
 
 def test_text_streamer_prints_what_generate_returns(exported):
