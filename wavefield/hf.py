@@ -176,7 +176,8 @@ class WaveFieldForCausalLM(WaveFieldPreTrainedModel, GenerationMixin):
     """A WaveFieldLM (self.model) behind transformers' causal-LM interface.
 
     forward(input_ids, attention_mask, past_key_values, use_cache, labels, logits_to_keep) returns
-    a CausalLMOutputWithPast. With labels (unshifted, -100 ignored, as transformers has them) the
+    a CausalLMOutputWithPast. With labels (unshifted, -100 ignored, as transformers has them; a
+    padding position predicts nothing, not even the first real token after left padding) the
     loss is the native blocked cross-entropy, computed without materialising the logits, so the
     output's logits are None then: call without labels for logits."""
 
@@ -225,6 +226,8 @@ class WaveFieldForCausalLM(WaveFieldPreTrainedModel, GenerationMixin):
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
             targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)  # next-token ids
+            if attention_mask is not None:  # a padding position's logits are don't-care: it predicts nothing
+                targets = targets.masked_fill(attention_mask[:, -input_ids.shape[1] :] == 0, IGNORE_INDEX)
             output = CausalLMOutputWithPast(loss=self.model(input_ids, targets=targets, **mask))
         else:
             positions = _logits_positions(logits_to_keep, input_ids)

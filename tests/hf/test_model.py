@@ -47,6 +47,16 @@ def test_forward_equals_native(kind):
     assert hf(ids, return_dict=False)[0].shape == (3, 11, VOCAB)
 
 
+def test_loss_of_a_left_padded_batch_is_that_of_its_rows_alone(kind):
+    native = tiny_model(kind)
+    hf = as_hf(native)
+    rows = [torch.randint(0, VOCAB, (n,)).tolist() for n in (8, 3, 5)]
+    ids, mask = left_padded(*rows)
+    loss = hf(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    total = sum(torch.nn.functional.cross_entropy(native(torch.tensor([r]))[0, :-1], torch.tensor(r[1:]), reduction="sum") for r in rows)
+    torch.testing.assert_close(loss, total / sum(len(r) - 1 for r in rows), rtol=1e-5, atol=1e-6)
+
+
 def test_cache_continues_exactly(kind):
     native = tiny_model(kind)
     hf = as_hf(native)
