@@ -35,7 +35,7 @@ def test_trainer_lowers_the_loss(tmp_path):
     assert after < 0.7 * before, (before, after)
 
 
-def lora_round_trip(tmp_path, targets):
+def lora_round_trip(tmp_path, targets, tolerance=0.0):
     """Train a LoRA adapter on `targets` for a few steps, save it, load it on a fresh copy of the base."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -56,7 +56,7 @@ def lora_round_trip(tmp_path, targets):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     reloaded = PeftModel.from_pretrained(as_hf(tiny_model("wave")), tmp_path / "adapter").eval()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=tolerance, atol=tolerance)
         assert not torch.equal(reloaded(input_ids=ids).logits, as_hf(tiny_model("wave"))(input_ids=ids).logits)
 
 
@@ -64,8 +64,8 @@ def test_lora_on_the_mlp_trains_saves_and_reloads(tmp_path):
     lora_round_trip(tmp_path, ["up", "down"])
 
 
-@pytest.mark.xfail(strict=True, reason="the wave layer multiplies by in_proj.weight / out_proj.weight itself (torch.bmm, "
-                   "channel-major) instead of calling the modules, so PEFT's LoRA wrappers are never run: a change for "
-                   "wavefield/layers/wave.py (call the projection modules when they are not plain nn.Linear)")
 def test_lora_on_the_wave_projections_trains_saves_and_reloads(tmp_path):
-    lora_round_trip(tmp_path, ["in_proj", "out_proj"])
+    """The wave layer reads a plain nn.Linear's weight itself, but runs a wrapped projection as its module.
+    The reloaded adapter gives the trained one's logits to float32 rounding, not bit for bit: with the
+    adapter's weights still requiring gradients the layer's ops round differently (seen: 9e-8)."""
+    lora_round_trip(tmp_path, ["in_proj", "out_proj"], tolerance=1e-6)
