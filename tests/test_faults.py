@@ -265,3 +265,16 @@ def test_torchrun_with_two_processes_refuses_a_one_process_checkpoint(tmp_path, 
     assert "trained with 1 process(es) but this run has 2" in output and "exitcode  : 2" in output, output[-3000:]
     assert "wavefield/" not in output.replace(str(out), "")  # no frame of ours in any traceback
     assert snapshot(out) == before
+
+
+def test_an_export_that_cannot_be_written_leaves_nothing(trained_run, tmp_path):
+    """`wavefield export` under a 16 KB file-size limit (its model.safetensors is larger): one line,
+    exit 2, no export folder and no temporary folder beside it."""
+    pytest.importorskip("transformers")
+    parent = tmp_path / "exports"
+    parent.mkdir()
+    result = subprocess.run(
+        [*CLI, "export", str(trained_run), "--out", str(parent / "hf")], env=ENV, capture_output=True, text=True, preexec_fn=file_size_limit(16_000)
+    )
+    assert_one_line_error(result, "File too large")
+    assert list(parent.iterdir()) == []

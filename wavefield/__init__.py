@@ -18,6 +18,7 @@ __all__ = ["WaveFieldConfig", "WaveFieldLM", "WaveFieldAttention", "CausalSelfAt
 # (wavefield.hf), but transformers is optional and costs seconds to import: so the
 # registration runs when transformers is imported, now if it already is, never without it.
 
+
 def _register_hf():
     try:
         from . import hf  # noqa: F401  (registers on import)

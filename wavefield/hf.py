@@ -39,6 +39,7 @@ except ImportError as e:  # tests/hf/test_export.py runs a process without trans
     raise MissingError(f"the Hugging Face integration needs transformers and friends: {HF_EXTRA} ({e})") from None
 
 from .data.tokenizer import EOS, Tokenizer  # noqa: E402
+from .io import safetensors_os_errors  # noqa: E402
 from .model import WaveFieldLM  # noqa: E402
 from .ops.loss import IGNORE_INDEX  # noqa: E402
 
@@ -167,8 +168,9 @@ class WaveFieldPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing = sorted(info.get("missing_keys") or [])
         if missing:
-            raise UserError(f"{args[0] if args else 'the folder'} lacks {len(missing)} of the model's tensors ({missing[0]}, ...): "
-                            f"not a complete wavefield export")
+            raise UserError(
+                f"{args[0] if args else 'the folder'} lacks {len(missing)} of the model's tensors ({missing[0]}, ...): not a complete wavefield export"
+            )
         return (model, info) if want_info else model
 
 
@@ -256,6 +258,7 @@ def _logits_positions(logits_to_keep, input_ids):
 
 # ---------------------------------------------------------------- tokenizer and export
 
+
 def hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     """Our tokenizer (any kind: bpe, gpt2, bytes) as a transformers fast tokenizer over the same
     tokenizer.json, with <|endoftext|> as its eos and pad token. It pads on the left, as
@@ -282,7 +285,8 @@ def export_hf(path, out_dir) -> Path:
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # no "Writing model shards" bar for one file
     try:
-        hf.save_pretrained(tmp)
+        with safetensors_os_errors(out / "model.safetensors"):
+            hf.save_pretrained(tmp)
         hf_tokenizer(tokenizer).save_pretrained(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is an ordinary folder
         if out.exists():

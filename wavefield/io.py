@@ -36,19 +36,25 @@ def write_text_atomic(path, text: str):
         tmp.write_text(text)
 
 
-def save_safetensors(tensors: dict, path, metadata: dict | None = None):
-    """safetensors' save_file, atomically; its I/O failures become the OSError they are.
+@contextlib.contextmanager
+def safetensors_os_errors(path):
+    """Inside, a safetensors write that fails on I/O raises the OSError it is, naming `path`.
 
-    save_file reports a failed write as SafetensorError("... (os error 27)"): the errno is
-    read back from that message so a full disk or a file-size limit is an ordinary
-    ENOSPC / EFBIG OSError naming the file."""
+    safetensors reports a failed write as SafetensorError("... (os error 27)"): the errno is
+    read back from that message so a full disk or a file-size limit is an ordinary ENOSPC /
+    EFBIG OSError. Any other SafetensorError is a bug and keeps its traceback."""
+    try:
+        yield
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, f"could not write {path}: {os.strerror(number)}") from None
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None):
+    """safetensors' save_file, atomically; its I/O failures become the OSError they are."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as e:
-            code = re.search(r"os error (\d+)", str(e))
-            if code is None:
-                raise  # not an I/O failure: a bug, keep its traceback
-            number = int(code.group(1))
-            raise OSError(number, f"could not write {path}: {os.strerror(number)}") from None
+    with atomic_path(path) as tmp, safetensors_os_errors(path):
+        save_file(tensors, str(tmp), metadata=metadata)

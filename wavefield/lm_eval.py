@@ -119,8 +119,9 @@ def _lm_eval():
     return lm_eval, HFLM
 
 
-def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=None, device="cpu", include_path=None,
-                     num_fewshot=None, cache_dir=None, log_samples: bool = False) -> dict:
+def evaluate_lm_eval(
+    path, tasks, batch_size: int = 1, limit=None, max_length=None, device="cpu", include_path=None, num_fewshot=None, cache_dir=None, log_samples: bool = False
+) -> dict:
     """lm_eval.simple_evaluate on a checkpoint (run folder, checkpoint or exported HF folder) in
     this process: HFLM over the model object and its tokenizer. Returns lm_eval's results dict.
 
@@ -145,8 +146,10 @@ def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=No
     manager = TaskManager(include_path=paths or None)
     unknown = [n for n in names if not manager.match_tasks([n])]
     if unknown:
-        raise UserError(f"unknown lm-eval task {unknown[0]!r}: ours are {', '.join(TASKS)}; lm-eval's own need their datasets "
-                        f"(offline: a local YAML under --lm-eval-include)")
+        raise UserError(
+            f"unknown lm-eval task {unknown[0]!r}: ours are {', '.join(TASKS)}; lm-eval's own need their datasets "
+            f"(offline: a local YAML under --lm-eval-include)"
+        )
     if _is_hf_folder(path):
         model, tokenizer = load_hf(path)  # an exported folder
         model.to(device)
@@ -154,8 +157,9 @@ def evaluate_lm_eval(path, tasks, batch_size: int = 1, limit=None, max_length=No
         native, tok, _ = load_checkpoint(path, device)
         model, tokenizer = WaveFieldForCausalLM.from_wavefield(native, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id), hf_tokenizer(tok)
     lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length, device=device)
-    return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                   log_samples=log_samples, bootstrap_iters=0)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples, bootstrap_iters=0
+    )
 
 
 def _is_hf_folder(path) -> bool:

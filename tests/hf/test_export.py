@@ -150,9 +150,11 @@ def test_without_transformers_the_core_works_and_hf_commands_name_the_extra(trai
 
 
 def test_import_wavefield_leaves_transformers_unimported_until_it_is():
-    script = ("import sys, wavefield\n"
-              "assert 'transformers' not in sys.modules and 'wavefield.hf' not in sys.modules\n"
-              "from transformers import AutoConfig\n"
-              "assert 'wavefield.hf' in sys.modules and type(AutoConfig.for_model('wavefield')).__name__ == 'WaveFieldHFConfig'\n")
+    script = (
+        "import sys, wavefield\n"
+        "assert 'transformers' not in sys.modules and 'wavefield.hf' not in sys.modules\n"
+        "from transformers import AutoConfig\n"
+        "assert 'wavefield.hf' in sys.modules and type(AutoConfig.for_model('wavefield')).__name__ == 'WaveFieldHFConfig'\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

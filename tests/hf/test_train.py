@@ -27,8 +27,19 @@ def test_trainer_lowers_the_loss(tmp_path):
     ids = pattern_batch()
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     before = mean_loss(model.eval(), ids)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0,
-                             logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=30,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     result = Trainer(model=model.train(), args=args, train_dataset=data).train()
     after = mean_loss(model.eval(), ids)
     assert result.global_step == 30
