@@ -1,11 +1,16 @@
 """WaveFieldForCausalLM against the native model: forward, loss, cache, generate, beam search."""
 
+import dataclasses
 import io
 from contextlib import redirect_stdout
 
 import pytest
 import torch
 from conftest import VOCAB, as_hf, tiny_model
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_model import model_for
+from test_padding import HYBRID, pad, padded_configs, random_prompts
 
 from wavefield.hf import WaveFieldCache, WaveFieldHFConfig
 
@@ -188,3 +193,20 @@ def test_text_streamer_prints_what_generate_returns(exported):
     with redirect_stdout(printed):
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False, streamer=TextStreamer(tok, skip_prompt=True))
     assert printed.getvalue().strip() == tok.decode(out[0, inputs.input_ids.shape[1] :]).strip()
+
+
+@settings(max_examples=12, deadline=None)
+@given(cfg=padded_configs(), lengths=st.lists(st.integers(1, 20), min_size=2, max_size=3), seed=st.integers(0, 1000))
+@example(cfg=HYBRID, lengths=[1, 13, 6], seed=0)
+@example(cfg=dataclasses.replace(HYBRID, layer_types=["attention"] * 3), lengths=[3, 15], seed=1)
+@example(cfg=dataclasses.replace(HYBRID, layer_types=["wave"] * 3, wave_deposit="outer", wave_norm=True, feature_map="elu1"), lengths=[2, 14], seed=2)
+def test_hf_greedy_generate_on_a_left_padded_batch_gives_each_prompt_its_own_tokens(cfg, lengths, seed):
+    """The property of tests/test_padding.py, through transformers' generate: wave (each deposit,
+    feature map, conv, gate, norm), attention and hybrid configs."""
+    native = model_for(cfg, seed)
+    prompts = random_prompts(cfg, lengths, seed)
+    ids, mask = pad(prompts)
+    out = as_hf(native).generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    for prompt, generated in zip(prompts, out[:, ids.shape[1] :]):
+        alone = native.generate(prompt[None], 5, temperature=0)[0, len(prompt) :]
+        assert torch.equal(generated, alone), (generated.tolist(), alone.tolist())
