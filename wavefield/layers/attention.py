@@ -149,7 +149,7 @@ class CausalSelfAttention(nn.Module):
 
 def _append(state, k, v, mask=None) -> dict:
     """The KV cache `state` (or None) followed by k, v (B, H, N, d), written in place where the
-    state's buffer has room and nothing was written beyond the state's end. Otherwise the state's
+    state's buffer has room, nothing was written beyond the state's end, and no gradient is recorded. Otherwise the state's
     T positions go into a new buffer of max(T + N, 2T) positions first: doubling when the buffer
     is full, copy on write when another state of the same buffer has gone beyond this one.
     The key mask goes along where there is padding: the state's (its keys all real if it has
@@ -161,8 +161,11 @@ def _append(state, k, v, mask=None) -> dict:
     views = buf is not None and buf.k.shape[0] == k.shape[0] and ((state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
     if masked:  # and where there is padding, the key mask too
         views = views and buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()
-    if not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
-        buf = KVBuffer(k, max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
+    # while autograd records, earlier views of the buffer are saved for backward: writing into it
+    # would change them, so every call gets a buffer of its own (a copy, as torch.cat would make)
+    recording = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or (T > 0 and state["k"].requires_grad))
+    if recording or not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
+        buf = KVBuffer(k, T + N if recording else max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
         if T:
             buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
             if masked:
