@@ -287,3 +287,18 @@ def test_sample_rejects_settings_out_of_range(kwargs, phrase):
     model = WaveFieldLM(WaveFieldConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2))
     with pytest.raises(ValueError, match=phrase):  # also through generate, before any decoding
         model.generate(torch.zeros(1, 3, dtype=torch.long), 2, **{"temperature": 1.0, **kwargs})
+
+
+def test_generate_checks_its_settings_before_reading_the_prompt():
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2))
+    calls = []
+    model.embed.register_forward_hook(lambda *_: calls.append(1))
+    for kwargs, phrase in [
+        ({"max_new_tokens": -3}, "max_new_tokens"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+        ({"max_new_tokens": 2, "top_k": True}, "top_k"),
+        ({"max_new_tokens": 2, "top_p": 0.0}, "top_p"),
+    ]:
+        with pytest.raises(ValueError, match=phrase):
+            model.generate(torch.zeros(1, 3, dtype=torch.long), **kwargs)
+    assert calls == []  # refused before any forward pass

@@ -19,7 +19,9 @@ class MissingError(UserError, FileNotFoundError):
 
 
 # OSErrors that come from the user's machine rather than from a bug: a path that is missing,
-# forbidden or of the wrong kind, a full disk, a file-size limit, a read-only file system
+# forbidden or of the wrong kind, a full disk, a file-size limit, a read-only file system, a
+# path another process made first (EEXIST, ENOTEMPTY). Not EXDEV: every temporary file is made
+# beside its destination, so a rename across devices would be our bug and keeps its traceback.
 ENVIRONMENT_ERRNOS = frozenset(
     {
         errno.ENOENT,
@@ -35,7 +37,6 @@ ENVIRONMENT_ERRNOS = frozenset(
         errno.EROFS,
         errno.ENAMETOOLONG,
         errno.ELOOP,
-        errno.EXDEV,
     }
 )
 

@@ -271,6 +271,9 @@ class WaveFieldLM(nn.Module):
         stream ends once every row has finished."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        check_sampling(temperature, top_k, top_p)  # before the prompt is read, not at the first token
         eos = torch.tensor(self._token_ids("eos_token_id", eos_token_id, many=True), device=input_ids.device) if eos_token_id is not None else None
         pad = self._token_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
         mask = self._check_mask(attention_mask, input_ids, None)  # (B, N) bool, None without padding
@@ -344,15 +347,20 @@ class WaveFieldLM(nn.Module):
         return model.to(map_location, dtype=dtype).eval()
 
 
-def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
-    from the softmax restricted to the top_k tokens and to the smallest set of mass top_p."""
+def check_sampling(temperature, top_k, top_p):
+    """A ValueError (UserError) naming the allowed range of the first setting outside it."""
     if not temperature >= 0:  # NaN too
         raise UserError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
         raise UserError(f"top_k must be None or an integer >= 1, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"top_p must be None or lie in (0, 1], got {top_p!r}")
+
+
+def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
+    from the softmax restricted to the top_k tokens and to the smallest set of mass top_p."""
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
