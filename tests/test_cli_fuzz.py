@@ -305,3 +305,22 @@ QUALITY = {
 def test_bench_quality(places, drawn):
     # last: --out is a folder that is not empty, refused before any training
     check(["bench", "quality", *drawn, "--out", "@run"], places)
+
+
+@settings(FUZZ, max_examples=15)
+@given(path=MODELS, out=st.sampled_from(["@fresh", "@file", "@empty", "@run", "@file/below", "@missing/deeper/hf", ""]), drawn=flags({"--bogus": None}, 1))
+def test_export(places, path, out, drawn):
+    pytest.importorskip("transformers")
+    check(["export", path, "--out", out, *drawn], places)
+
+
+@settings(FUZZ, max_examples=8)
+@given(
+    path=MODELS,
+    tasks=st.sampled_from(["no_such_task", "wavefield_piqa,no_such_task", "", ",", "wavefield_piqa", "../../etc"]),
+    drawn=flags({"--lm-eval-out": st.sampled_from(["@fresh", "@file", "@run"]), "--lm-eval-include": PATHS, "--json": None, "--batch-size": INTS}, 2),
+)
+def test_eval_lm_eval(places, path, tasks, drawn):
+    """Always with --limit 1 (the last one wins), so that a task that does run scores one document."""
+    pytest.importorskip("lm_eval")
+    check(["eval", path, "--lm-eval", tasks, *drawn, "--limit", "1"], places)
