@@ -105,6 +105,50 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_flags):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder or file left
 
 
+def test_sigkill_inside_checkpoint_writes_loses_nothing(tmp_path, tiny_flags):
+    """Kill `wavefield train` the moment a checkpoint write is seen under way (its temporary
+    folder or .checkpoint.old exists), three times: the half-written checkpoint is left behind
+    by the kill itself, a whole one still loads, and the resumed run ends as an uninterrupted one."""
+    flags = [
+        *tiny_flags,
+        "--max-steps",
+        "40",
+        "--decay-steps",
+        "40",
+        "--warmup-steps",
+        "2",
+        "--eval-interval",
+        "1000",
+        "--checkpoint-interval",
+        "1",
+        "--seed",
+        "6",
+    ]
+    assert main(["train", "--out", str(tmp_path / "whole"), *flags]) == 0
+    out, inside = tmp_path / "cut", 0
+    for _ in range(3):
+        resume = ["--resume"] if out.exists() else []
+        start = last_step(out) if resume else 0
+        proc = subprocess.Popen([*CLI, "train", "--out", str(out), *flags, *resume], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline:
+            if last_step(out) > start + 1 and any(p.name.startswith(".checkpoint.") for p in out.iterdir()):  # after a first whole save
+                proc.kill()  # a save in progress, seen from outside
+                break
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            inside += any(p.name.startswith(".checkpoint.") for p in out.iterdir())  # the kill interrupted the write
+        model, _, state = load_checkpoint(out)
+        assert start <= state["step"] <= 40 and model.num_parameters() > 0
+    assert inside >= 2  # most kills really landed inside a checkpoint write
+    result = subprocess.run([*CLI, "train", "--out", str(out), "--resume"], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert train_losses(out) == train_losses(tmp_path / "whole")
+    a, b = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors")), load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
 def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path, tiny_flags, capsys):
     """The state a SIGKILL between `checkpoint/ -> .checkpoint.old/` and `tmp -> checkpoint/`
     leaves: only .checkpoint.old/ and a temporary folder (plus, from an earlier kill, a
