@@ -30,6 +30,7 @@ from .ops import linear_cross_entropy
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes a float parameter loads from
+PREFILL_CHUNK = 2048  # generate reads a prompt in pieces of this many tokens (prefill)
 
 
 def check_weights_header(file: Path, expected: dict):
@@ -250,6 +251,39 @@ class WaveFieldLM(nn.Module):
         return values
 
     @torch.no_grad()
+    def prefill(self, input_ids, state=None, chunk_size: int | None = PREFILL_CHUNK, reserve: int = 0, attention_mask=None):
+        """Read a prompt (B, N), continuing from `state` (None: a new sequence) -> (logits
+        (B, vocab) at its last position, the state after it): what generation starts from, and
+        a document's state to keep (wavefield.states).
+
+        The prompt runs in pieces of `chunk_size` tokens (None: one pass), each continuing from
+        the state the earlier ones left, which is exact (the tests hold every layer to it); so
+        beyond the weights and the state, memory is one piece's activations, not the prompt's.
+        Only the last position gets logits. `reserve`: every KV cache gets room for that many
+        later tokens up front (generate passes max_new_tokens), so decoding writes in place and
+        the cache never doubles. attention_mask as in forward."""
+        self._check_inputs(input_ids, state)
+        B, N = input_ids.shape
+        if N == 0:
+            raise UserError("prefill needs at least one token")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise UserError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+            raise UserError(f"reserve must be an integer >= 0, got {reserve!r}")
+        mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None
+        state = list(state) if state is not None else [None] * len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            if isinstance(block.mixer, CausalSelfAttention):
+                if state[i] is not None:
+                    block.mixer.check_state(state[i], B)
+                state[i] = block.mixer.reserve(state[i], B, N + reserve, masked=mask is not None)
+        chunk = chunk_size or N
+        for start in range(0, N, chunk):
+            piece = mask[:, start : start + chunk] if mask is not None else None
+            logits, state = self(input_ids[:, start : start + chunk], state=state, return_state=True, logits_at=1, attention_mask=piece)
+        return logits[:, -1], state
+
+    @torch.no_grad()
     def stream(
         self,
         input_ids,
@@ -261,14 +295,18 @@ class WaveFieldLM(nn.Module):
         attention_mask=None,
         eos_token_id=None,
         pad_token_id=None,
+        state=None,
+        prefill_chunk: int | None = PREFILL_CHUNK,
     ):
         """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache.
 
-        attention_mask (B, N) of 0/1 marks the real tokens of left-padded prompts (each row's
-        last token must be real); the new tokens are real. The prompt's logits are computed
-        at its last position only. eos_token_id (an int or a list): a row that has produced
-        one is finished, its later tokens are pad_token_id (default: the first eos id), and the
-        stream ends once every row has finished."""
+        The prompt is read by prefill (in pieces of prefill_chunk tokens, its last position's
+        logits only, room for max_new_tokens in every KV cache), continuing from `state` when
+        one is given: a document's state (wavefield.states) answers a prompt without reading
+        the document again. attention_mask (B, N) of 0/1 marks the real tokens of left-padded
+        prompts (each row's last token must be real); the new tokens are real. eos_token_id (an
+        int or a list): a row that has produced one is finished, its later tokens are
+        pad_token_id (default: the first eos id), and the stream ends once every row has finished."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError("generate needs a prompt of shape (batch, seq_len) with seq_len >= 1")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -276,13 +314,14 @@ class WaveFieldLM(nn.Module):
         check_sampling(temperature, top_k, top_p)  # before the prompt is read, not at the first token
         eos = torch.tensor(self._token_ids("eos_token_id", eos_token_id, many=True), device=input_ids.device) if eos_token_id is not None else None
         pad = self._token_ids("pad_token_id", pad_token_id)[0] if pad_token_id is not None else (eos[0].item() if eos is not None else None)
-        mask = self._check_mask(attention_mask, input_ids, None)  # (B, N) bool, None without padding
+        self._check_inputs(input_ids, state)
+        mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, None without padding
         if mask is not None and not mask[:, -1].all():
             raise UserError("generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every row")
-        logits, state = self(input_ids, return_state=True, logits_at=1, attention_mask=mask)  # (B, 1, vocab)
+        logits, state = self.prefill(input_ids, state, prefill_chunk, reserve=max_new_tokens, attention_mask=mask)  # (B, vocab)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
-            token = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B, 1)
+            token = sample(logits.float(), temperature, top_k, top_p, generator)  # (B, 1)
             if eos is not None:  # a finished row's tokens are padding
                 token = token.masked_fill(finished[:, None], pad)
                 finished |= torch.isin(token[:, 0], eos)
@@ -290,6 +329,7 @@ class WaveFieldLM(nn.Module):
             if i + 1 == max_new_tokens or (eos is not None and finished.all()):
                 return
             logits, state = self(token, state=state, return_state=True)
+            logits = logits[:, -1]  # (B, vocab)
 
     @torch.no_grad()
     def generate(
@@ -303,10 +343,14 @@ class WaveFieldLM(nn.Module):
         attention_mask=None,
         eos_token_id=None,
         pad_token_id=None,
+        state=None,
+        prefill_chunk: int | None = PREFILL_CHUNK,
     ):
         """Prompt (B, N) -> prompt plus the sampled tokens (B, N + max_new_tokens), fewer when
         every row has produced eos_token_id before (see stream for the arguments)."""
-        new = list(self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator, attention_mask, eos_token_id, pad_token_id))
+        new = list(
+            self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, generator, attention_mask, eos_token_id, pad_token_id, state, prefill_chunk)
+        )
         return torch.cat([input_ids, *new], dim=1)
 
     def save_pretrained(self, path):

@@ -92,6 +92,11 @@ class CausalSelfAttention(nn.Module):
             if nxt.dtype != torch.int64 or tuple(nxt.shape) != (batch_size,):
                 raise ValueError(f"attention state 'next' must be int64 of shape ({batch_size},), got {nxt.dtype} of shape {tuple(nxt.shape)}")
 
+    def reserve(self, state, batch_size: int, extra: int, masked: bool = False) -> dict:
+        """The KV cache `state` (None: empty) with room for `extra` more tokens (reserve_cache)."""
+        like = self.qkv_proj.weight.new_empty(batch_size, self.n_heads, 0, self.head_dim)  # (B, H, 0, d)
+        return reserve_cache(state, like, extra, masked)
+
     def _qkv(self, x, start):
         """q, k, v (B, H, N, d) each for x (B, N, D) at positions start .. (an int), or at the
         positions (B, N) given, rotary applied to q and k."""
@@ -149,30 +154,75 @@ class CausalSelfAttention(nn.Module):
 
 def _append(state, k, v, mask=None) -> dict:
     """The KV cache `state` (or None) followed by k, v (B, H, N, d), written in place where the
-    state's buffer has room, nothing was written beyond the state's end, and no gradient is recorded. Otherwise the state's
-    T positions go into a new buffer of max(T + N, 2T) positions first: doubling when the buffer
+    state's buffer has room (_room) and no gradient is recorded. Otherwise the state's T
+    positions go into a new buffer of max(T + N, 2T) positions first: doubling when the buffer
     is full, copy on write when another state of the same buffer has gone beyond this one.
     The key mask goes along where there is padding: the state's (its keys all real if it has
     none) followed by mask (B, N) bool (None: all real)."""
     T, N = (state["k"].shape[2] if state is not None else 0), k.shape[2]
-    buf = state.get("buffer") if state is not None else None
     masked = mask is not None or (state is not None and "mask" in state)
-    # a state cut to some samples (or made by hand) is no view of the buffer it carries
-    views = buf is not None and buf.k.shape[0] == k.shape[0] and ((state["k"].data_ptr(), state["v"].data_ptr()) == (buf.k.data_ptr(), buf.v.data_ptr()))
-    if masked:  # and where there is padding, the key mask too
-        views = views and buf.mask is not None and "mask" in state and state["mask"].data_ptr() == buf.mask.data_ptr()
     # while autograd records, earlier views of the buffer are saved for backward: writing into it
     # would change them, so every call gets a buffer of its own (a copy, as torch.cat would make)
     recording = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or (T > 0 and state["k"].requires_grad))
-    if recording or not views or buf.end != T or T + N > buf.capacity or buf.k.dtype != k.dtype:
-        buf = KVBuffer(k, T + N if recording else max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
-        if T:
-            buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
-            if masked:
-                buf.mask[:, :T] = state.get("mask", True)
+    buf = None if recording else _room(state, k, N, masked)
+    if buf is None:
+        buf = _grow(state, k, T + N if recording else max(T + N, 2 * T), masked)  # a prompt's cache exactly; the first token after it doubles it
     buf.k[:, :, T : T + N], buf.v[:, :, T : T + N] = k, v
+    if masked:
+        buf.mask[:, T : T + N] = mask if mask is not None else True
     buf.end = T + N
-    if not masked:
-        return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "buffer": buf}
-    buf.mask[:, T : T + N] = mask if mask is not None else True
-    return {"k": buf.k[:, :, : T + N], "v": buf.v[:, :, : T + N], "mask": buf.mask[:, : T + N], "buffer": buf}
+    return _views(state, buf, T + N, masked)
+
+
+def _room(state, like, n: int, masked: bool):
+    """The state's buffer, where n more positions can be written into it in place: the state
+    views the buffer's first positions (a state cut to some samples, or made by hand, does not),
+    no other state of it went further, and it has room and the dtype of `like`. Else None."""
+    if state is None or state.get("buffer") is None:
+        return None
+    buf, T = state["buffer"], state["k"].shape[2]
+    views = buf.k.shape[0] == like.shape[0] and _is_prefix(state["k"], buf.k) and _is_prefix(state["v"], buf.v)
+    if masked:  # and where there is padding, the key mask too
+        views = views and buf.mask is not None and "mask" in state and _is_prefix(state["mask"], buf.mask)
+    return buf if views and buf.end == T and T + n <= buf.capacity and buf.k.dtype == like.dtype else None
+
+
+def _is_prefix(view: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether `view` is full[..., :T] (along dim 2, or 1 for a mask) of the same memory: an empty one too, whose data_ptr says nothing."""
+    same = view.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
+    return same and view.storage_offset() == full.storage_offset() and view.stride() == full.stride() and view.shape[0] == full.shape[0]
+
+
+def _grow(state, like, capacity: int, masked: bool) -> KVBuffer:
+    """A new buffer of `capacity` positions shaped like `like`, holding the state's T positions (and key mask)."""
+    buf = KVBuffer(like, capacity, masked)
+    T = state["k"].shape[2] if state is not None else 0
+    if T:
+        buf.k[:, :, :T], buf.v[:, :, :T] = state["k"], state["v"]
+        if masked:
+            buf.mask[:, :T] = state.get("mask", True)
+    buf.end = T
+    return buf
+
+
+def _views(state, buf: KVBuffer, T: int, masked: bool) -> dict:
+    """The state of the buffer's first T positions; entries of `state` other than the cache (its
+    'next') carry over."""
+    new = {**(state or {}), "k": buf.k[:, :, :T], "v": buf.v[:, :, :T], "buffer": buf}
+    if masked:
+        new["mask"] = buf.mask[:, :T]
+    return new
+
+
+def reserve_cache(state, like, extra: int, masked: bool = False) -> dict:
+    """The KV cache `state` (None: an empty one) with room for `extra` more positions written in
+    place: its own buffer where that has the room, else a buffer of exactly T + extra positions
+    (a prompt's cache then needs no doubling while max_new_tokens are decoded after it). `like`
+    (B, H, *, d) gives the shape and dtype; with `masked` the state carries a key mask and each
+    sample's next position from here on, as after a padded call."""
+    masked = masked or (state is not None and "mask" in state)
+    buf = _room(state, like, extra, masked) or _grow(state, like, (state["k"].shape[2] if state is not None else 0) + extra, masked)
+    new = _views(state, buf, buf.end, masked)
+    if masked and "next" not in new:  # every key so far real: each sample's next position is T
+        new["next"] = torch.full((like.shape[0],), buf.end, dtype=torch.int64, device=like.device)
+    return new
