@@ -232,9 +232,15 @@ def run_lambada(args) -> int:
 
 
 def add_generate(commands):
-    p = commands.add_parser("generate", help="stream text from a checkpoint")
+    from .model import PREFILL_CHUNK
+
+    p = commands.add_parser("generate", help="stream text from a checkpoint, optionally after a document read once")
     p.add_argument("checkpoint", help="a run folder or checkpoint folder")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--context", metavar="FILE", help="a UTF-8 text file the model reads first; the prompt continues it")
+    p.add_argument("--save-state", metavar="S", help="with --context: write the model's state after the document to S")
+    p.add_argument("--state", metavar="S", help="continue from a state written by --save-state, instead of reading the document")
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK, help=f"tokens read per piece of a long input (default {PREFILL_CHUNK})")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     p.add_argument("--top-k", type=int)
@@ -245,11 +251,16 @@ def add_generate(commands):
     p.set_defaults(run=run_generate)
 
 
+MAX_CONTEXT_BYTES = 1 << 30  # a --context file larger than 1 GiB of text is refused before it is read
+
+
 def run_generate(args) -> int:
     import math
+    from pathlib import Path
 
     from .checkpoint import load_checkpoint
-    from .generate import stream_text
+    from .generate import read_document, stream_text
+    from .states import load_state, read_metadata, save_state, state_bytes
 
     checks = [
         (0 <= args.max_new_tokens <= 10**6, f"--max-new-tokens must be between 0 and 1000000, got {args.max_new_tokens}"),
@@ -258,17 +269,55 @@ def run_generate(args) -> int:
         (args.top_p is None or 0 < args.top_p <= 1, f"--top-p must lie in (0, 1], got {args.top_p}"),
         (args.seed is None or 0 <= args.seed < 2**63, f"--seed must be >= 0, got {args.seed}"),
         (is_utf8(args.prompt), f"--prompt is not valid UTF-8 text: {args.prompt!r}"),
+        (1 <= args.prefill_chunk <= 2**24, f"--prefill-chunk must be between 1 and {2**24}, got {args.prefill_chunk}"),
+        (not (args.state and args.context), "--state and --context exclude each other: a state is a document already read"),
+        (not args.save_state or args.context, "--save-state needs --context (the document whose state is written)"),
+        (not args.state or args.prompt, "--state needs --prompt: the text to answer after the document"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if args.save_state and Path(args.save_state).exists():
+        read_metadata(args.save_state)  # overwrite an earlier state, never any other file
+    text = read_context(args.context) if args.context else None
     model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
+    state = load_state(args.state, model) if args.state else None
+    prompt = args.prompt
+    if text is not None and not (args.prompt or args.save_state):
+        prompt = text  # --context alone: continue the document itself
+    elif text is not None:
+        state, tokens = read_document(model, tokenizer, text, args.prefill_chunk, args.device)
+        if args.save_state:
+            save_state(state, args.save_state, model, tokens=tokens)
+            print(f"state after {tokens:,} tokens: {state_bytes(state):,} bytes -> {args.save_state}", file=sys.stderr)
+        if not args.prompt:
+            return 0
     sys.stdout.write(args.prompt)
-    for piece in stream_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.device):
+    pieces = stream_text(
+        model, tokenizer, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.device, state, args.prefill_chunk
+    )
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
+
+
+def read_context(path) -> str:
+    """The text of a --context file: UTF-8, at most MAX_CONTEXT_BYTES, else one clear error."""
+    from pathlib import Path
+
+    from .errors import MissingError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError(f"--context {path}: no such file")
+    if path.stat().st_size > MAX_CONTEXT_BYTES:
+        raise UserError(f"--context {path} is {path.stat().st_size:,} bytes, more than the {MAX_CONTEXT_BYTES:,} read here")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--context {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # ---------------------------------------------------------------- info
