@@ -347,6 +347,7 @@ def add_bench(commands):
     bench = commands.add_parser("bench", help="benchmarks: speed and memory against attention peers, associative recall")
     benchmarks = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     add_speed(benchmarks)
+    add_inference(benchmarks)
     add_recall(benchmarks)
     add_quality(benchmarks)
 
@@ -416,6 +417,57 @@ def run_speed(args) -> int:
     return 0
 
 
+def add_inference(benchmarks):
+    """`wavefield bench inference ...`: the arguments map one to one onto bench.inference.InferenceSettings."""
+    from .bench.inference import PARTS
+    from .bench.quality import MODEL_KINDS
+    from .train import PRESETS
+
+    p = benchmarks.add_parser("inference", help="whole models reading long prompts and decoding: time, memory, batched tokens/s, FLOPs")
+    p.add_argument("--models", type=_choices(MODEL_KINDS), default=None, help=f"comma-separated models from {','.join(MODEL_KINDS)}")
+    p.add_argument("--parts", type=_choices(PARTS), default=None, help=f"comma-separated parts from {','.join(PARTS)}")
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help="model sizes (default small)")
+    p.add_argument("--contexts", type=_ints, default=None, help="comma-separated prompt lengths (default 1024 ... 131072)")
+    p.add_argument("--batches", type=_ints, default=None, help="comma-separated batch sizes of batched decoding (default 1,4,16,64)")
+    p.add_argument("--batch-contexts", type=_ints, default=None, help="comma-separated prompt lengths of batched decoding (default 2048,8192)")
+    for name, kind in (
+        ("new-tokens", int),
+        ("batch-new-tokens", int),
+        ("prefill-chunk", int),
+        ("flops-context", int),
+        ("vocab-size", int),
+        ("threads", int),
+        ("max-seconds", float),
+        ("max-memory-gb", float),
+    ):
+        p.add_argument(f"--{name}", type=_positive(kind), default=None)
+    p.add_argument("--json", dest="json_path", default=None, help="JSON output file (default OUT/inference.json)")
+    p.add_argument("--out", default="bench-results/inference", help="folder for inference.json, inference.md and plots")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=run_inference)
+
+
+def run_inference(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .bench import inference
+
+    s = inference.InferenceSettings(**(inference.QUICK if args.quick else {}))
+    names = ("models", "parts", "preset", "contexts", "batches", "batch_contexts", "new_tokens", "batch_new_tokens", "prefill_chunk", "flops_context")
+    for name in (*names, "vocab_size", "threads", "max_seconds", "max_memory_gb"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available here")
+    s.device = args.device
+    inference.run_inference(s, args.out, args.json_path)
+    print(f"wrote {args.json_path or Path(args.out) / 'inference.json'}, {Path(args.out) / 'inference.md'} and plots in {args.out}")
+    return 0
+
+
 def _split(text: str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -453,7 +505,7 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
 

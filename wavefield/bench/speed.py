@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, WaveFieldAttention
 from ..model import WaveFieldLM
+from ..states import state_bytes
 from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
@@ -295,11 +296,6 @@ def bench_train(s: Settings, device: torch.device):
             )
 
 
-def _state_mb(state) -> float:
-    tensors = [t for layer in state for t in layer.values() if isinstance(t, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
-
-
 @torch.no_grad()
 def bench_decode(s: Settings, device: torch.device):
     models = {}
@@ -310,9 +306,9 @@ def bench_decode(s: Settings, device: torch.device):
         prompt = torch.randint(0, s.vocab_size, (1, context), device=device)
         token = prompt[:, -1:]
         for name, model in models.items():
-            _, state = model(prompt, return_state=True)
-            _, state = model(token, state=state, return_state=True)  # warm-up (a KV cache doubles its buffer here)
-            state_mb = _state_mb(state)
+            _, state = model.prefill(prompt, reserve=s.decode_steps + 1)  # room for every step: a KV cache is written in place
+            _, state = model(token, state=state, return_state=True)  # warm-up
+            state_mb = state_bytes(state) / 2**20
             # each timed step continues from the last, as generation does (a KV cache grows in place;
             # a branch from an older state would copy it): the context grows by decode_steps tokens
             states = [state]
@@ -335,15 +331,17 @@ def bench_long(s: Settings, device: torch.device):
 
 
 def environment(s: Settings, device: torch.device) -> dict:
+    return {**machine(device), "d_model": s.d_model, "n_heads": s.n_heads, "batch": s.batch}
+
+
+def machine(device: torch.device) -> dict:
+    """What a benchmark ran on: torch, device, threads, CPU, GPU, load average."""
     env = {
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
-        "d_model": s.d_model,
-        "n_heads": s.n_heads,
-        "batch": s.batch,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

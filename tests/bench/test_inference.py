@@ -1,0 +1,94 @@
+"""`wavefield bench inference` end to end at tiny sizes. No timing is asserted: only that every
+part runs and writes well-formed records, a report and plots, and what does not depend on the
+machine (state sizes, FLOP counts, skips)."""
+
+import json
+
+import pytest
+
+from wavefield.bench.inference import kv_bytes, model_gflops
+from wavefield.bench.inference_report import targets
+from wavefield.cli import main
+from wavefield.config import WaveFieldConfig
+
+
+def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
+    out = tmp_path / "inference"
+    assert main(["bench", "inference", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "inference.json").read_text())
+    records, models = results["records"], results["environment"]["models"]
+    assert set(models) == {"wave", "transformer", "hybrid"}
+    counts = [m["parameters"] for m in models.values()]
+    assert max(counts) / min(counts) < 1.05  # matched in parameters
+    context = {(r["model"], r["context"]): r for r in records if r["kind"] == "context"}
+    assert set(context) == {(m, n) for m in models for n in (64, 256)}
+    for r in context.values():
+        assert 0 < r["prefill_s"] <= r["ttft_s"] <= r["total_s"] and r["peak_mb"] >= r["weights_mb"]
+    # the wave model's state does not grow with the prompt; a KV cache holds every position read
+    assert context["wave", 64]["state_mb"] == context["wave", 256]["state_mb"]
+    for n in (64, 256):
+        cfg = WaveFieldConfig(**{**dict(vocab_size=256), **results["settings"]["model"], "layer_types": models["transformer"]["layer_types"]})
+        assert context["transformer", n]["state_mb"] == kv_bytes(cfg, n - 1) / 2**20  # the prompt but its last token, before decoding
+    batch = [r for r in records if r["kind"] == "batch"]
+    assert {(r["model"], r["batch"]) for r in batch} == {(m, b) for m in models for b in (1, 3)}
+    assert all(r["real_tokens"] <= r["batch"] * r["context"] for r in batch)
+    flops = {r["model"]: r for r in records if r["kind"] == "flops"}
+    assert flops["transformer"]["prefill_gflops"] > flops["hybrid"]["prefill_gflops"] > flops["wave"]["prefill_gflops"]
+    report = (out / "inference.md").read_text()
+    assert "Ratios to the wave model" in report and "Batched decoding" in report and "Operations at 256 tokens" in report
+    assert (out / "inference_context.png").stat().st_size > 0 and (out / "inference_batch.png").stat().st_size > 0
+
+
+def test_calls_over_the_budget_are_skipped_and_recorded(tmp_path):
+    out = tmp_path / "inference"
+    argv = ["bench", "inference", "--quick", "--threads", "1", "--parts", "context", "--contexts", "64,4096", "--max-seconds", "1e-9", "--out", str(out)]
+    assert main(argv) == 0
+    records = json.loads((out / "inference.json").read_text())["records"]
+    assert all(not r["skipped"] for r in records if r["context"] == 64)  # nothing measured yet to predict from
+    assert all(r["skipped"] and r["predicted_s"] > 1e-9 for r in records if r["context"] == 4096)
+    assert "Skipped" in (out / "inference.md").read_text()
+
+
+def test_operation_counts_follow_the_architecture():
+    wave = WaveFieldConfig(d_model=64, n_layers=2, n_heads=4)
+    attention = WaveFieldConfig(d_model=64, n_layers=2, n_heads=4, layer_types=["attention"] * 2)
+    assert model_gflops(wave, 4096)["decode_gflops"] == model_gflops(wave, 64)["decode_gflops"]  # O(1) per token
+    growth = model_gflops(attention, 4096)["decode_gflops"] - model_gflops(attention, 2048)["decode_gflops"]
+    assert growth == pytest.approx(2 * 4 * 2048 * 64 / 1e9)  # q k^T and p v over 2048 more keys, two layers
+    ratio = model_gflops(attention, 32768)["prefill_gflops"] / model_gflops(wave, 32768)["prefill_gflops"]
+    assert ratio > 4 * model_gflops(attention, 1024)["prefill_gflops"] / model_gflops(wave, 1024)["prefill_gflops"]  # quadratic against linear
+
+
+def test_targets_are_read_from_the_records():
+    def rec(kind, model, context, batch=1, **values):
+        return dict(kind=kind, model=model, context=context, batch=batch, skipped=False, new_tokens=256, **values)
+
+    records = [
+        rec("context", "wave", 65536, total_s=10.0, peak_mb=40.0, decode_s_per_token=0.011),
+        rec("context", "transformer", 65536, total_s=150.0, peak_mb=800.0, decode_s_per_token=0.2),
+        rec("context", "wave", 1024, total_s=1.0, peak_mb=30.0, decode_s_per_token=0.010),
+        rec("batch", "wave", 8192, 16, decode_tokens_per_s=900.0),
+        rec("batch", "transformer", 8192, 16, decode_tokens_per_s=100.0),
+    ]
+    found = {name: (value, met) for name, value, met in targets(records)}
+    assert len(found) == 4
+    time, memory, flat, batched = found.values()
+    assert time == (15.0, False) and memory == (20.0, True) and flat[1] and batched == (9.0, False)
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--contexts", "99999999999"], "contexts must lie in"),
+        (["--batches", "100000"], "batch sizes must lie in"),
+        (["--max-seconds", "nan"], "must be > 0"),
+        (["--new-tokens", "0"], "must be > 0"),
+        (["--models", "gpt"], "is not one of"),
+        (["--contexts", "1"], "contexts must lie in"),
+    ],
+)
+def test_bad_flags_are_one_line(flags, phrase, tmp_path, capsys):
+    assert main(["bench", "inference", "--quick", "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and phrase in err, err
+    assert not (tmp_path / "x").exists()

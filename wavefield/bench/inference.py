@@ -1,0 +1,247 @@
+"""`wavefield bench inference`: what a user serving long documents sees, whole model against whole model.
+
+Models: bench quality's kinds (the wave model, the transformer, the hybrid) at the small
+preset's sizes and vocabulary 8192, matched in parameters (bench.quality.model_configs), with
+random weights (speed and memory do not depend on what the weights learned). Every model
+generates through the library's own path: model.prefill reads the prompt in pieces of
+`prefill_chunk` tokens with logits at its last position only and room reserved in every KV
+cache for the tokens to come (the transformer's cache is preallocated and written in place),
+then model.stream decodes greedily from the state.
+
+Parts (--parts):
+* context: one prompt of each length, then `new_tokens` tokens. Prefill seconds (the prompt but
+           its last token), time to first token (prefill, then the last prompt token and the
+           first sample), decode seconds per token after it, total, and the peak memory of the
+           whole inference: the weights plus what the generation allocates at its peak (state
+           or KV cache, activations), measured as bench speed measures memory (the process's
+           high-water mark on CPU, the allocator's peak on CUDA).
+* batch:   left-padded prompts of different lengths (uniform in [context/2, context]) at each
+           batch size, then `batch_new_tokens` tokens: decode tokens/s over the batch, peak memory.
+* flops:   theoretical FLOPs of each model (the matmuls, FFTs and attention products) to read
+           a `flops_context`-token prompt and to decode one token after it.
+
+A call whose predicted time or memory exceeds the budget is skipped and recorded as skipped.
+Ratios are between models measured in the same run, interleaved context by context.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..io import write_text_atomic
+from ..model import WaveFieldLM
+from ..states import state_bytes
+from .measure import peak_extra_mb, sync
+from .quality import QualityBudget, model_configs
+from .speed import machine, mixer_gflops
+
+PARTS = ("context", "batch", "flops")
+MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH = 2**22, 10**5, 4096  # bounds on what the command is asked to allocate
+
+
+@dataclass
+class InferenceSettings:
+    models: tuple = ("wave", "transformer", "hybrid")
+    preset: str = "small"
+    vocab_size: int = 8192
+    model: dict = field(default_factory=dict)  # overrides of the preset's sizes (the quick run's)
+    contexts: tuple = (1024, 4096, 16384, 32768, 65536, 131072)
+    new_tokens: int = 256
+    prefill_chunk: int | None = 2048
+    batches: tuple = (1, 4, 16, 64)
+    batch_contexts: tuple = (2048, 8192)
+    batch_new_tokens: int = 32
+    flops_context: int = 32768
+    parts: tuple = PARTS
+    max_seconds: float = 1800.0  # per call: longer predicted calls are skipped
+    max_memory_gb: float = 16.0  # per call: larger predicted peaks are skipped
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    seed: int = 0
+    records: list = field(default_factory=list)
+
+
+QUICK = dict(
+    preset="tiny",
+    vocab_size=256,
+    model=dict(d_model=32, n_layers=4, n_heads=4),
+    contexts=(64, 256),
+    new_tokens=4,
+    prefill_chunk=48,
+    batches=(1, 3),
+    batch_contexts=(64,),
+    batch_new_tokens=3,
+    flops_context=256,
+    max_seconds=60.0,
+    max_memory_gb=1.0,
+)
+
+
+def build_models(s: InferenceSettings, device) -> dict:
+    """name -> WaveFieldLM in eval mode, matched in parameters to the wave model."""
+    configs = model_configs(s.models, QualityBudget(preset=s.preset), s.vocab_size, s.model)
+    models = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(s.seed)
+        models[name] = WaveFieldLM(cfg).to(device).eval()
+    return models
+
+
+def weights_mb(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
+def kv_bytes(cfg, tokens: int, batch: int = 1) -> int:
+    """Bytes of the KV caches of `tokens` positions (float32 keys and values of every attention layer)."""
+    return sum(t != "wave" for t in cfg.layer_types) * 2 * tokens * cfg.d_model * 4 * batch
+
+
+def model_gflops(cfg, n: int) -> dict:
+    """Theoretical GFLOPs to read an n-token prompt (logits at its last position) and to decode
+    one token after it: every layer's mixer (bench.speed.mixer_gflops), MLP and the output head."""
+    D, V = cfg.d_model, cfg.vocab_size
+    hidden = int(cfg.mlp_ratio * D)
+    mlp = 4 * D * hidden  # up and down, per token
+    prefill = decode = 2 * D * V / 1e9  # the output head at one position
+    for kind in cfg.layer_types:
+        op = "wave" if kind == "wave" else "sdpa"
+        prefill += mixer_gflops(op, n, D, cfg.n_heads, 1, "forward") + n * mlp / 1e9
+        if kind == "wave":  # the recurrence: projections, the conv, one complex multiply-add per channel
+            step = 10 * D * D + 2 * 3 * D * cfg.short_conv + 8 * D
+        else:  # projections, then q k^T and p v over n keys
+            step = 8 * D * D + 4 * n * D
+        decode += (step + mlp) / 1e9
+    return {"prefill_gflops": prefill, "decode_gflops": decode}
+
+
+def _record(s: InferenceSettings, **rec):
+    rec.setdefault("skipped", False)
+    s.records.append(rec)
+    print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if v is not None), flush=True)
+    return rec
+
+
+def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int = 1):
+    """(seconds, GB) expected for n tokens: the largest measured n of the same kind scaled (n^2
+    with attention layers, n^1.1 without), and the KV caches plus a margin of activations."""
+    done = [r for r in s.records if r["kind"] == kind and r["model"] == name and not r["skipped"] and r.get("batch", 1) == batch]
+    seconds = None
+    if done:
+        last = max(done, key=lambda r: r["context"])
+        power = 2 if "attention" in cfg.layer_types else 1.1
+        seconds = last["total_s"] * (n / last["context"]) ** power
+    chunk = s.prefill_chunk or n
+    gb = (kv_bytes(cfg, n, batch) + 4 * batch * min(chunk, n) * (n + 16 * cfg.d_model)) / 1e9
+    return seconds, gb
+
+
+@torch.no_grad()
+def generate_timed(model, ids, new_tokens: int, prefill_chunk, attention_mask=None) -> dict:
+    """Greedy generation of new_tokens after the prompt ids (B, N), timed: model.prefill reads
+    all but the last prompt token (room reserved for the rest), model.stream reads the last one
+    and decodes. Returns seconds of prefill, first token and total, and the state's bytes."""
+    device = ids.device
+    sync(device)
+    start = time.perf_counter()
+    mask = attention_mask[:, :-1] if attention_mask is not None else None
+    _, state = model.prefill(ids[:, :-1], chunk_size=prefill_chunk, reserve=new_tokens + 1, attention_mask=mask)
+    sync(device)
+    prefill = time.perf_counter() - start
+    kept = state_bytes(state)
+    times = []
+    for _ in model.stream(ids[:, -1:], new_tokens, temperature=0, state=state, prefill_chunk=prefill_chunk):
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return {"prefill_s": prefill, "ttft_s": times[0], "total_s": times[-1], "state_mb": kept / 2**20}
+
+
+def _measure(s, kind, name, model, ids, new_tokens, mask=None, **extra):
+    cfg, device = model.config, ids.device
+    B, n = ids.shape
+    seconds, gb = _predict(s, kind, name, n, cfg, B)
+    base = dict(kind=kind, model=name, context=n, batch=B, new_tokens=new_tokens, **extra)
+    if (seconds is not None and seconds > s.max_seconds) or gb > s.max_memory_gb:
+        return _record(s, **base, skipped=True, predicted_s=seconds, predicted_gb=gb)
+    out = {}
+    peak = peak_extra_mb(lambda: out.update(generate_timed(model, ids, new_tokens, s.prefill_chunk, mask)), device)
+    decode = (out["total_s"] - out["ttft_s"]) / max(new_tokens - 1, 1)
+    weights = weights_mb(model)
+    return _record(
+        s,
+        **base,
+        **out,
+        decode_s_per_token=decode,
+        decode_tokens_per_s=B / decode,
+        weights_mb=weights,
+        peak_mb=weights + peak if peak is not None else None,
+    )
+
+
+def bench_context(s: InferenceSettings, models: dict, device):
+    gen = torch.Generator(device="cpu").manual_seed(s.seed)
+    for n in s.contexts:
+        ids = torch.randint(0, s.vocab_size, (1, n), generator=gen).to(device)
+        for name, model in models.items():
+            _measure(s, "context", name, model, ids, s.new_tokens)
+
+
+def bench_batch(s: InferenceSettings, models: dict, device):
+    gen = torch.Generator(device="cpu").manual_seed(s.seed + 1)
+    for n in s.batch_contexts:
+        for B in s.batches:
+            lengths = torch.randint(n // 2, n + 1, (B,), generator=gen)
+            lengths[0] = n  # the longest prompt sets the width
+            ids = torch.randint(0, s.vocab_size, (B, n), generator=gen)
+            mask = torch.arange(n)[None] >= (n - lengths)[:, None]  # left padding: (B, n), True at real tokens
+            ids = ids.masked_fill(~mask, 0).to(device)
+            for name, model in models.items():
+                _measure(s, "batch", name, model, ids, s.batch_new_tokens, mask.to(device), real_tokens=int(lengths.sum()))
+
+
+def bench_flops(s: InferenceSettings, models: dict, device):
+    for name, model in models.items():
+        _record(s, kind="flops", model=name, context=s.flops_context, **model_gflops(model.config, s.flops_context))
+
+
+def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
+    """Run the selected parts; write inference.json, inference.md and PNG plots into out_dir."""
+    unknown = sorted(set(s.parts) - set(PARTS))
+    if unknown:
+        raise UserError(f"unknown parts {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+    sizes = [
+        ("contexts", (*s.contexts, *s.batch_contexts, s.flops_context), 2, MAX_CONTEXT),
+        ("new tokens", (s.new_tokens, s.batch_new_tokens), 1, MAX_NEW_TOKENS),
+        ("batch sizes", s.batches, 1, MAX_BATCH),
+    ]
+    for what, values, least, most in sizes:
+        if not least <= min(values) <= max(values) <= most:
+            raise UserError(f"bench inference: {what} must lie in [{least}, {most:,}], got {', '.join(map(str, values))}")
+    device = torch.device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    env = machine(device)
+    models = build_models(s, device)
+    env["models"] = {
+        name: {"layer_types": m.config.layer_types, "parameters": m.num_parameters(), "mlp_ratio": m.config.mlp_ratio} for name, m in models.items()
+    }
+    warm = torch.randint(0, s.vocab_size, (1, 32), device=device)
+    for model in models.values():  # the first call of each model pays one-off costs
+        generate_timed(model, warm, 2, s.prefill_chunk)
+    steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops}
+    for part in s.parts:
+        steps[part](s, models, device)
+    env["load_average_after"] = machine(device).get("load_average")
+    settings = {k: v for k, v in vars(s).items() if k != "records"}
+    results = {"environment": env, "settings": settings, "records": s.records}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(json_path) if json_path else out_dir / "inference.json", json.dumps(results, indent=1))
+    from .inference_report import write_plots, write_report  # matplotlib is only needed here
+
+    write_text_atomic(out_dir / "inference.md", write_report(results))
+    write_plots(results, out_dir)
+    return results

@@ -1,0 +1,197 @@
+"""Markdown tables, target checks and PNG plots from the records of `wavefield bench inference`."""
+
+from pathlib import Path
+
+from .report import _fmt, _table
+
+REFERENCE = "wave"  # ratios are other model / the wave model (time, memory) or wave / other (tokens/s)
+
+
+def _done(records, kind):
+    return [r for r in records if r["kind"] == kind and not r["skipped"]]
+
+
+def _find(records, kind, model, context, batch=1):
+    for r in _done(records, kind):
+        if r["model"] == model and r["context"] == context and r["batch"] == batch:
+            return r
+    return None
+
+
+def targets(records, new_tokens_target: int = 256) -> list:
+    """(description, measured, met) for the targets of this benchmark that the records cover."""
+    checks = []
+    wave64, attn64 = _find(records, "context", "wave", 65536), _find(records, "context", "transformer", 65536)
+    if wave64 and attn64 and wave64["new_tokens"] == new_tokens_target:
+        checks.append(
+            (
+                "64K prompt + 256 tokens: transformer total time / wave's >= 20",
+                attn64["total_s"] / wave64["total_s"],
+                attn64["total_s"] / wave64["total_s"] >= 20,
+            )
+        )
+        if wave64["peak_mb"] and attn64["peak_mb"]:
+            ratio = attn64["peak_mb"] / wave64["peak_mb"]
+            checks.append(("64K prompt + 256 tokens: transformer peak memory / wave's >= 17.4", ratio, ratio >= 17.4))
+    wave1k = _find(records, "context", "wave", 1024)
+    if wave64 and wave1k:
+        ratio = wave64["decode_s_per_token"] / wave1k["decode_s_per_token"]
+        checks.append(("wave decode per token at 64K / at 1K <= 1.2", ratio, ratio <= 1.2))
+    wave16, attn16 = _find(records, "batch", "wave", 8192, 16), _find(records, "batch", "transformer", 8192, 16)
+    if wave16 and attn16:
+        ratio = wave16["decode_tokens_per_s"] / attn16["decode_tokens_per_s"]
+        checks.append(("batch 16 at 8K: wave decode tokens/s / transformer's >= 10", ratio, ratio >= 10))
+    return checks
+
+
+def _context_tables(records):
+    rows = _done(records, "context")
+    if not rows:
+        return []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    table = [
+        [
+            f"{r['context']:,}",
+            r["model"],
+            _fmt(r["prefill_s"]),
+            _fmt(r["ttft_s"]),
+            _fmt(r["decode_s_per_token"] * 1000),
+            _fmt(r["total_s"]),
+            _fmt(r["peak_mb"]),
+            _fmt(r["state_mb"]),
+        ]
+        for r in sorted(rows, key=lambda r: (r["context"], models.index(r["model"])))
+    ]
+    header = ["context", "model", "prefill s", "first token s", "decode ms/token", "total s", "peak MiB", "state MiB"]
+    sections = [f"### One prompt, then {rows[0]['new_tokens']} new tokens (batch 1)\n\n" + _table(header, table)]
+    others = [m for m in models if m != REFERENCE]
+    if REFERENCE in models and others:
+        ratio_rows = []
+        for n in sorted({r["context"] for r in rows}):
+            wave = _find(records, "context", REFERENCE, n)
+            cells = [f"{n:,}"]
+            for m in others:
+                other = _find(records, "context", m, n)
+                both = wave is not None and other is not None
+                cells += [
+                    f"{_fmt(other['total_s'] / wave['total_s'])}x" if both else "-",
+                    f"{_fmt(other['peak_mb'] / wave['peak_mb'])}x" if both and wave["peak_mb"] and other["peak_mb"] else "-",
+                ]
+            ratio_rows.append(cells)
+        header = ["context"] + [f"{m} / wave {what}" for m in others for what in ("total time", "peak memory")]
+        sections.append("### Ratios to the wave model (same run)\n\n" + _table(header, ratio_rows))
+    return sections
+
+
+def _batch_table(records):
+    rows = _done(records, "batch")
+    if not rows:
+        return []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    table = []
+    for n, B in sorted({(r["context"], r["batch"]) for r in rows}):
+        wave = _find(records, "batch", REFERENCE, n, B)
+        for m in models:
+            r = _find(records, "batch", m, n, B)
+            if r is None:
+                continue
+            ratio = f"{_fmt(wave['decode_tokens_per_s'] / r['decode_tokens_per_s'])}x" if wave is not None and m != REFERENCE else "-"
+            table.append([f"{n:,}", str(B), m, _fmt(r["decode_tokens_per_s"]), ratio, _fmt(r["prefill_s"]), _fmt(r["peak_mb"]), _fmt(r["state_mb"])])
+    header = ["context", "batch", "model", "decode tokens/s", "wave / model", "prefill s", "peak MiB", "state MiB"]
+    title = f"### Batched decoding: left-padded prompts of [context/2, context] tokens, then {rows[0]['new_tokens']} new tokens"
+    return [title + "\n\n" + _table(header, table)]
+
+
+def _flops_table(records):
+    rows = [r for r in records if r["kind"] == "flops"]
+    if not rows:
+        return []
+    n = rows[0]["context"]
+    wave = next((r for r in rows if r["model"] == REFERENCE), None)
+    table = []
+    for r in rows:
+        measured = _find(records, "context", r["model"], n)
+        wave_measured = _find(records, "context", REFERENCE, n)
+        table.append(
+            [
+                r["model"],
+                _fmt(r["prefill_gflops"]),
+                f"{_fmt(r['prefill_gflops'] / wave['prefill_gflops'])}x" if wave else "-",
+                _fmt(measured["prefill_s"]) if measured else "-",
+                f"{_fmt(measured['prefill_s'] / wave_measured['prefill_s'])}x" if measured and wave_measured else "-",
+                _fmt(r["decode_gflops"] * 1000),
+                f"{_fmt(r['decode_gflops'] / wave['decode_gflops'])}x" if wave else "-",
+            ]
+        )
+    header = ["model", "prefill GFLOPs", "/ wave", "prefill s (measured)", "/ wave", "decode MFLOPs per token", "/ wave"]
+    return [f"### Operations at {n:,} tokens (theoretical) beside the measured time\n\n" + _table(header, table)]
+
+
+def write_report(results) -> str:
+    env, records = results["environment"], results["records"]
+    lines = ["# wavefield bench inference", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "models"), ""]
+    lines += ["Models:", ""]
+    lines += [f"- {name}: layers {' '.join(t[0].upper() for t in m['layer_types'])}, {m['parameters']:,} parameters" for name, m in env["models"].items()]
+    lines.append("")
+    checks = targets(records)
+    if checks:
+        lines += ["## Targets", "", _table(["target", "measured", "met"], [[t, _fmt(v), "yes" if ok else "no"] for t, v, ok in checks]), ""]
+    sections = _context_tables(records) + _batch_table(records) + _flops_table(records)
+    skipped = [r for r in records if r["skipped"]]
+    if skipped:
+        sections.append(
+            "### Skipped (predicted over the budget)\n\n"
+            + "\n".join(
+                f"- {r['kind']} {r['model']} context {r['context']:,} batch {r['batch']}: predicted {_fmt(r['predicted_s'])} s, {_fmt(r['predicted_gb'])} GB"
+                for r in skipped
+            )
+        )
+    return "\n".join(lines) + "\n" + "\n\n".join(sections) + "\n"
+
+
+def write_plots(results, out_dir) -> list:
+    """Total time and peak memory against the context, decode tokens/s against the batch; returns the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    records, out_dir, written = results["records"], Path(out_dir), []
+    context = _done(records, "context")
+    if context:
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+        for model in dict.fromkeys(r["model"] for r in context):
+            pts = sorted((r["context"], r["total_s"], r["decode_s_per_token"] * 1000, r["peak_mb"]) for r in context if r["model"] == model)
+            n, total, decode, peak = zip(*pts)
+            axes[0].plot(n, total, marker="o", label=model)
+            axes[1].plot(n, decode, marker="o", label=model)
+            if all(peak):
+                axes[2].plot(n, peak, marker="o", label=model)
+        for ax, label in zip(axes, ("total seconds (prefill + decode)", "decode ms per token", "peak memory (MiB)")):
+            ax.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel=label)
+            ax.legend(fontsize=8)
+        path = out_dir / "inference_context.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    batch = _done(records, "batch")
+    if batch:
+        contexts = sorted({r["context"] for r in batch})
+        fig, axes = plt.subplots(1, len(contexts), figsize=(6 * len(contexts), 4.5), squeeze=False)
+        for ax, n in zip(axes[0], contexts):
+            for model in dict.fromkeys(r["model"] for r in batch):
+                pts = sorted((r["batch"], r["decode_tokens_per_s"]) for r in batch if r["model"] == model and r["context"] == n)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=model)
+            ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="decode tokens/s", title=f"context {n:,}")
+            ax.legend(fontsize=8)
+        path = out_dir / "inference_batch.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
