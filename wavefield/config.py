@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from .errors import UserError
 from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
 
-LAYER_TYPES = ("wave", "attention")
+# "conv-attention" is attention with the wave layer's short conv on q, k, v (kernel short_conv)
+LAYER_TYPES = ("wave", "attention", "conv-attention")
 FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
@@ -38,9 +39,10 @@ class WaveFieldConfig:
     n_layers: int = 4
     n_heads: int = 4
     mlp_ratio: float = 4.0  # 0: blocks without an MLP (mixer only, as in recall benchmarks)
-    # per layer "wave" or "attention"; None means every layer is "wave"
+    # per layer one of LAYER_TYPES; None means every layer is "wave"
     layer_types: list[str] | None = None
-    # wave layers: kernel size of the short causal depthwise conv on q, k, v (0 turns it off)
+    # wave and conv-attention layers: kernel size of the short causal depthwise conv on q, k, v
+    # (0 turns it off in wave layers; conv-attention layers need >= 1)
     short_conv: int = 4
     # wave layers: feature map f in u = f(k) * v and f(q) * y
     feature_map: str = "identity"
@@ -114,8 +116,10 @@ class WaveFieldConfig:
                 field_implementation(self.wave_implementation, self.wave_deposit, self.wave_norm, self.recompute)
             except ValueError as e:
                 raise UserError(f"wave_implementation: {e}") from None
-        if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
+        if {"attention", "conv-attention"} & set(self.layer_types) and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
+        if "conv-attention" in self.layer_types and self.short_conv < 1:
+            raise UserError("conv-attention layers need short_conv >= 1 (with 0 they are plain attention: use the layer type 'attention')")
 
     def _bounds(self) -> list:
         """(ok, message) for the upper bounds (MAX_SIZES, MAX_PARAMETERS) and the positive floats;
@@ -179,6 +183,8 @@ def check_type(name: str, value, default):
 
 def estimated_parameters(cfg: WaveFieldConfig) -> float:
     """An upper bound on the parameter count, from the sizes alone (no tensor is made): the
-    embedding, and per layer at most 6 d x d projections plus an MLP of 3 * mlp_ratio d x d."""
+    embedding, and per layer at most 6 d x d projections, a short conv over 3d channels (weights
+    and bias), norms and per-head numbers, plus an MLP of 3 * mlp_ratio d x d."""
     d = cfg.d_model
-    return cfg.vocab_size * d + cfg.n_layers * ((6 + 3 * cfg.mlp_ratio) * d * d + (cfg.short_conv + 16) * d)
+    mixer = 6 * d * d + 3 * (cfg.short_conv + 1) * d + 16 * d
+    return cfg.vocab_size * d + cfg.n_layers * (mixer + 3 * cfg.mlp_ratio * d * d)

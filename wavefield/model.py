@@ -101,8 +101,9 @@ class Block(nn.Module):
             )
             for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
-        else:
-            self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
+        else:  # "attention", or "conv-attention": the same with the short conv on q, k, v
+            conv = cfg.short_conv if cfg.layer_types[layer_index] == "conv-attention" else 0
+            self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout, short_conv=conv)
         hidden = int(cfg.mlp_ratio * cfg.d_model)
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if hidden else None
         self.mlp = MLP(cfg.d_model, hidden, cfg.dropout) if hidden else None
