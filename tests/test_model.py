@@ -65,6 +65,11 @@ def leak_per_position(model, ids, batched=True):
 @example(
     cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8, wave_deposit="outer", wave_norm=True), N=97, seed=2
 )
+@example(
+    cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=2, layer_types=["mamba2", "conv-attention", "wave"], chunk_size=8, ssm_state=8),
+    N=41,
+    seed=3,
+)
 def test_exact_causality(cfg, N, seed):
     """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
     the j-1 neighbour included, and does move the logits at j."""
@@ -246,6 +251,9 @@ def test_empty_input_is_handled():
         dict(reach_min=0.0),
         dict(wave_path="gpu"),
         dict(wave_deposit="matrix"),
+        dict(layer_types=["conv-attention", "wave"], short_conv=0),
+        dict(layer_types=["mamba2", "wave"], ssm_state=0),
+        dict(layer_types=["mamba2", "wave"], ssm_state=10**6),
     ],
 )
 def test_config_rejects_nonsense(bad):

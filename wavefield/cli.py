@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train(commands):
-    from .config import WaveFieldConfig
+    from .config import LAYER_TYPES, WaveFieldConfig
     from .data import TOKENIZERS
     from .train import PRESETS
 
@@ -75,7 +75,7 @@ def add_train(commands):
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add_threads(p)
-    p.add_argument("--layer-types", help="comma-separated wave|attention, one per layer")
+    p.add_argument("--layer-types", help=f"comma-separated {'|'.join(LAYER_TYPES)}, one per layer")
     model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
     for f in dataclasses.fields(WaveFieldConfig):
         if f.name not in ("vocab_size", "layer_types"):

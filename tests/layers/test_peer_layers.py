@@ -1,5 +1,5 @@
 """The peers of the wave layer as layers of their own: attention with the short conv on q, k, v
-("conv-attention"). Each must be causal, continue exactly from its state (prompt in pieces,
+("conv-attention") and the Mamba-2 style state-space mixer ("mamba2"). Each must be causal, continue exactly from its state (prompt in pieces,
 then token by token), give a left-padded sample what it gives alone, and decode in a model
 exactly as a full recompute does."""
 
@@ -7,15 +7,21 @@ import pytest
 import torch
 
 from wavefield import WaveFieldConfig, WaveFieldLM
-from wavefield.layers import CausalSelfAttention
+from wavefield.layers import CausalSelfAttention, Mamba2Mixer
 
-KINDS = ["conv-attention"]
+KINDS = ["conv-attention", "mamba2", "mamba2-recurrent"]
 
 
 def layer(kind, seed=0):
+    """A small mixer of `kind`; mamba2 with chunks of 5, so that pieces cut chunks anywhere
+    ("mamba2-recurrent": the token-by-token reference scan)."""
     torch.manual_seed(seed)
     if kind == "conv-attention":
         mixer = CausalSelfAttention(16, 2, short_conv=4)
+    else:
+        mixer = Mamba2Mixer(16, 2, d_state=8, chunk_size=5, scan="recurrent" if kind.endswith("recurrent") else "auto")
+        with torch.no_grad():  # the default init decays slowly: make some heads forget within a few tokens
+            mixer.dt_bias.normal_(0.0, 1.0)
     return mixer.eval()
 
 
@@ -92,10 +98,10 @@ def test_a_conv_attention_state_without_its_conv_tail_is_refused():
         mixer(torch.randn(2, 1, 16), state={k: v for k, v in state.items() if k != "conv"})
 
 
-@pytest.mark.parametrize("layer_types", [["wave", "attention", "conv-attention"]])
+@pytest.mark.parametrize("layer_types", [["wave", "attention", "conv-attention"], ["mamba2", "wave", "mamba2"], ["mamba2", "conv-attention"]])
 def test_a_mixed_model_decodes_the_tokens_a_full_recompute_picks(layer_types):
     torch.manual_seed(0)
-    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=len(layer_types), n_heads=4, layer_types=layer_types, reach_max=32.0, chunk_size=8)
+    cfg = WaveFieldConfig(vocab_size=97, d_model=32, n_layers=len(layer_types), n_heads=4, layer_types=layer_types, reach_max=32.0, chunk_size=8, ssm_state=16)
     model = WaveFieldLM(cfg).eval()
     prompt = torch.randint(0, 97, (2, 7))
     out = model.generate(prompt, max_new_tokens=40, temperature=0)
@@ -104,3 +110,59 @@ def test_a_mixed_model_decodes_the_tokens_a_full_recompute_picks(layer_types):
         for _ in range(40):
             ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, ids)
+
+
+@torch.no_grad()
+def test_the_chunked_mamba2_scan_equals_its_recurrent_reference():
+    chunked, recurrent = layer("mamba2", 6), layer("mamba2-recurrent", 6)
+    x = torch.randn(2, 23, 16)
+    out, state = chunked(x, return_state=True)
+    ref, ref_state = recurrent(x, return_state=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state["ssm"], ref_state["ssm"], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_mamba2_decodes_from_a_state_of_constant_size():
+    mixer, x = layer("mamba2"), torch.randn(2, 40, 16)
+    _, state = mixer(x[:, :8], return_state=True)
+    shapes = {k: v.shape for k, v in state.items()}
+    assert shapes == {"ssm": (2, 2, 8, 16), "conv": (2, 3, 32 + 16)}
+    for t in range(8, 40):
+        _, state = mixer(x[:, t : t + 1], state=state, return_state=True)
+    assert {k: v.shape for k, v in state.items()} == shapes and state["ssm"].dtype == torch.float32
+
+
+def test_gradients_reach_a_log_dt_bias_and_d():
+    mixer = layer("mamba2").train()
+    mixer(torch.randn(2, 12, 16)).square().mean().backward()
+    for p in (mixer.A_log, mixer.dt_bias, mixer.D, mixer.conv.weight, mixer.in_proj.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).all()
+
+
+def test_mamba2_starts_with_dt_log_uniform_and_a_in_range():
+    mixer = Mamba2Mixer(32, 64)
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert 1e-3 * 0.999 <= dt.min() and dt.max() <= 1e-1 * 1.001
+    assert (dt < 1e-2).any() and (dt > 1e-2).any()  # spread over both decades
+    A = -torch.exp(mixer.A_log)
+    assert (-16 <= A).all() and (A <= -1).all() and (mixer.D == 1).all()
+
+
+def test_a_bad_mamba2_state_is_refused():
+    mixer = layer("mamba2")
+    _, state = mixer(torch.randn(2, 5, 16), return_state=True)
+    with pytest.raises(ValueError, match=r"'ssm' state must be a float tensor of shape \(2, 2, 8, 16\)"):
+        mixer(torch.randn(2, 1, 16), state={**state, "ssm": state["ssm"][:, :1]})
+    with pytest.raises(ValueError, match=r"'conv' state must have shape \(2, 3, 48\)"):
+        mixer(torch.randn(2, 1, 16), state={"ssm": state["ssm"]})
+
+
+def test_mamba2_per_head_numbers_train_without_weight_decay():
+    """A_log, dt_bias and D are vectors: param_groups puts them in the group without decay."""
+    from wavefield.train import param_groups
+
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, layer_types=["mamba2"], ssm_state=8))
+    decay = {id(p): g["weight_decay"] for g in param_groups(model, 0.1) for p in g["params"]}
+    mixer = model.blocks[0].mixer
+    assert all(decay[id(p)] == 0.0 for p in (mixer.A_log, mixer.dt_bias, mixer.D)) and decay[id(mixer.in_proj.weight)] == 0.1
