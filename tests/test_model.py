@@ -123,10 +123,21 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
 
 
 @pytest.mark.parametrize("deposit", ["channel", "outer"])
-@pytest.mark.parametrize("layer_types", [["wave", "wave"], ["attention", "wave"]])
+@pytest.mark.parametrize(
+    "layer_types",
+    [["wave", "wave"], ["attention", "wave"], ["wave", "attention", "conv-attention"], ["mamba2", "wave", "mamba2"], ["mamba2", "conv-attention"]],
+)
 def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
     cfg = WaveFieldConfig(
-        vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer"
+        vocab_size=97,
+        d_model=32,
+        n_layers=len(layer_types),
+        n_heads=4,
+        layer_types=layer_types,
+        reach_max=32.0,
+        wave_deposit=deposit,
+        wave_norm=deposit == "outer",
+        ssm_state=16,
     )
     model = model_for(cfg, 0)
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator(torch.get_default_device()).manual_seed(0))
