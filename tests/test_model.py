@@ -65,6 +65,11 @@ def leak_per_position(model, ids, batched=True):
 @example(
     cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, reach_max=16.0, chunk_size=8, wave_deposit="outer", wave_norm=True), N=97, seed=2
 )
+@example(
+    cfg=WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=2, layer_types=["mamba2", "conv-attention", "wave"], chunk_size=8, ssm_state=8),
+    N=41,
+    seed=3,
+)
 def test_exact_causality(cfg, N, seed):
     """Changing token j moves no logit before j (beyond float32 FFT round-off), at every j,
     the j-1 neighbour included, and does move the logits at j."""
@@ -118,10 +123,21 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
 
 
 @pytest.mark.parametrize("deposit", ["channel", "outer"])
-@pytest.mark.parametrize("layer_types", [["wave", "wave"], ["attention", "wave"]])
+@pytest.mark.parametrize(
+    "layer_types",
+    [["wave", "wave"], ["attention", "wave"], ["wave", "attention", "conv-attention"], ["mamba2", "wave", "mamba2"], ["mamba2", "conv-attention"]],
+)
 def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
     cfg = WaveFieldConfig(
-        vocab_size=97, d_model=32, n_layers=2, n_heads=4, layer_types=layer_types, reach_max=32.0, wave_deposit=deposit, wave_norm=deposit == "outer"
+        vocab_size=97,
+        d_model=32,
+        n_layers=len(layer_types),
+        n_heads=4,
+        layer_types=layer_types,
+        reach_max=32.0,
+        wave_deposit=deposit,
+        wave_norm=deposit == "outer",
+        ssm_state=16,
     )
     model = model_for(cfg, 0)
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator(torch.get_default_device()).manual_seed(0))
@@ -246,6 +262,9 @@ def test_empty_input_is_handled():
         dict(reach_min=0.0),
         dict(wave_path="gpu"),
         dict(wave_deposit="matrix"),
+        dict(layer_types=["conv-attention", "wave"], short_conv=0),
+        dict(layer_types=["mamba2", "wave"], ssm_state=0),
+        dict(layer_types=["mamba2", "wave"], ssm_state=10**6),
     ],
 )
 def test_config_rejects_nonsense(bad):

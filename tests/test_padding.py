@@ -59,6 +59,8 @@ HYBRID = WaveFieldConfig(vocab_size=64, d_model=16, n_layers=3, n_heads=2, layer
 @example(cfg=dataclasses.replace(HYBRID, layer_types=["attention"] * 3), lengths=[3, 30], more=2, seed=1)
 @example(cfg=dataclasses.replace(HYBRID, layer_types=["wave"] * 3, wave_deposit="outer", wave_norm=True, feature_map="elu1"), lengths=[2, 25], more=4, seed=2)
 @example(cfg=dataclasses.replace(HYBRID, layer_types=["wave"] * 3, short_conv=3, feature_map="silu", wave_gate=False), lengths=[40, 6], more=3, seed=3)
+@example(cfg=dataclasses.replace(HYBRID, layer_types=["conv-attention", "wave", "conv-attention"]), lengths=[2, 19, 8], more=4, seed=4)
+@example(cfg=dataclasses.replace(HYBRID, layer_types=["mamba2", "attention", "mamba2"], ssm_state=8), lengths=[23, 3, 11], more=6, seed=5)
 def test_a_left_padded_batch_gives_each_prompt_its_own_logits_state_and_tokens(cfg, lengths, more, seed):
     """Prefill, continuation from the state (the mask given whole, as Hugging Face does) and
     greedy decoding on a left-padded batch equal each prompt run alone."""
@@ -91,7 +93,13 @@ def test_a_right_padded_batch_gives_each_prompt_its_own_logits_at_its_real_posit
             assert_close_to(ours, model(p[None])[0])
 
 
-KINDS = [(["wave"] * 2, "channel"), (["wave"], "outer"), (["attention"] * 2, "channel"), (["attention", "wave"], "channel")]
+KINDS = [
+    (["wave"] * 2, "channel"),
+    (["wave"], "outer"),
+    (["attention"] * 2, "channel"),
+    (["attention", "wave"], "channel"),
+    (["conv-attention"] * 2, "channel"),
+]
 
 
 @pytest.mark.parametrize("layer_types, deposit", KINDS)

@@ -14,9 +14,18 @@ from wavefield import WaveFieldConfig
 from wavefield.errors import UserError
 from wavefield.layers import CausalSelfAttention
 
+LAYERS = st.sampled_from(["wave", "attention", "conv-attention", "mamba2"])
 
-@settings(max_examples=25, deadline=None)
-@given(cfg=configs(), N=st.integers(1, 60), chunk=st.sampled_from([1, 3, 7, 16, None]), more=st.integers(0, 6), seed=st.integers(0, 1000))
+
+@st.composite
+def every_layer_type(draw):
+    """test_model's configs over every layer type (conv-attention needs its conv: short_conv >= 1)."""
+    cfg = draw(configs(layer_types=LAYERS))
+    return dataclasses.replace(cfg, short_conv=max(cfg.short_conv, 1), ssm_state=draw(st.sampled_from([1, 4, 16])))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cfg=every_layer_type(), N=st.integers(1, 60), chunk=st.sampled_from([1, 3, 7, 16, None]), more=st.integers(0, 6), seed=st.integers(0, 1000))
 @example(cfg=HYBRID, N=41, chunk=8, more=5, seed=0)
 @example(cfg=dataclasses.replace(HYBRID, layer_types=["attention"] * 3), N=30, chunk=7, more=3, seed=1)
 def test_chunked_prefill_gives_the_logits_and_state_of_one_pass(cfg, N, chunk, more, seed):
@@ -43,7 +52,7 @@ def test_chunked_prefill_of_left_padded_prompts_matches_each_prompt_alone(length
             assert_close_to(logits[b], model(p[None])[0, -1])
 
 
-@pytest.mark.parametrize("layer_types", [["wave", "attention", "wave"], ["wave"] * 3, ["attention"] * 3])
+@pytest.mark.parametrize("layer_types", [["wave", "attention", "wave"], ["wave"] * 3, ["attention"] * 3, ["conv-attention", "mamba2", "wave"]])
 def test_generate_in_pieces_and_from_a_state_gives_the_tokens_of_one_pass(layer_types):
     cfg = dataclasses.replace(HYBRID, layer_types=layer_types)
     model = model_for(cfg, 3)

@@ -23,6 +23,7 @@ MODELS = {
     "outer": dataclasses.replace(HYBRID, layer_types=["wave"] * 3, wave_deposit="outer", wave_norm=True, feature_map="elu1"),
     "hybrid": HYBRID,
     "transformer": dataclasses.replace(HYBRID, layer_types=["attention"] * 3),
+    "peers": dataclasses.replace(HYBRID, layer_types=["conv-attention", "mamba2", "wave"], ssm_state=8),
 }
 
 
@@ -42,13 +43,13 @@ def test_a_reloaded_state_answers_as_document_plus_prompt_in_one_pass(kind, tmp_
     assert torch.equal(model.generate(prompt, 15, temperature=0, state=loaded)[:, 6:], whole)
     assert state_tokens(tmp_path / "doc.state") == 70
     # wave layers keep a constant state; attention layers keep 70 keys and values each
-    per_attention = 2 * 70 * cfg.d_model * 4
-    wave = state_bytes([s for b, s in zip(model.blocks, state) if hasattr(b.mixer, "phi")])
-    assert state_bytes(state) == wave + per_attention * cfg.layer_types.count("attention")
+    kv = 2 * 70 * cfg.d_model * 4 * sum(t in ("attention", "conv-attention") for t in cfg.layer_types)
+    constant = state_bytes([{k: v for k, v in s.items() if k not in ("k", "v", "mask", "next")} for s in state])  # fields, conv tails, SSM states
+    assert state_bytes(state) == constant + kv
     assert (tmp_path / "doc.state").stat().st_size < state_bytes(state) + 4096  # the file is the state, plus a header
 
 
-@pytest.mark.parametrize("kind", ["wave", "hybrid"])
+@pytest.mark.parametrize("kind", ["wave", "hybrid", "peers"])
 def test_an_expanded_state_answers_several_prompts_at_once(kind):
     cfg = MODELS[kind]
     model = model_for(cfg, 1)

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train(commands):
-    from .config import WaveFieldConfig
+    from .config import LAYER_TYPES, WaveFieldConfig
     from .data import TOKENIZERS
     from .train import PRESETS
 
@@ -75,7 +75,7 @@ def add_train(commands):
     p.add_argument("--cache-dir", help="tokenised data cache (default $WAVEFIELD_CACHE or ~/.cache/wavefield)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add_threads(p)
-    p.add_argument("--layer-types", help="comma-separated wave|attention, one per layer")
+    p.add_argument("--layer-types", help=f"comma-separated {'|'.join(LAYER_TYPES)}, one per layer")
     model = p.add_argument_group("model config overrides (any WaveFieldConfig field)")
     for f in dataclasses.fields(WaveFieldConfig):
         if f.name not in ("vocab_size", "layer_types"):
@@ -521,10 +521,10 @@ def _comma_list(kind):
 
 
 def add_recall(benchmarks):
-    from .bench.recall import QUICK, RECALL_WAVE, RecallBudget
+    from .bench.recall import DEFAULT_KINDS, MODEL_KINDS, QUICK, RECALL_WAVE, RecallBudget
 
-    p = benchmarks.add_parser("recall", help="multi-query associative recall (Zoology MQAR) for wave, transformer and hybrid models")
-    p.add_argument("--models", default="wave,transformer,hybrid", help="comma-separated model kinds (default: all three)")
+    p = benchmarks.add_parser("recall", help="multi-query associative recall (Zoology MQAR) for wave, transformer, hybrid and peer models")
+    p.add_argument("--models", default=",".join(DEFAULT_KINDS), help=f"comma-separated model kinds from {','.join(MODEL_KINDS)} (default: %(default)s)")
     p.add_argument("--tasks", default="256:16,512:64", help="comma-separated SEQ_LEN:PAIRS (default: 256:16,512:64)")
     p.add_argument("--quick", action="store_true", help=f"smoke-test budget ({QUICK.steps} steps of {QUICK.batch_size})")
     p.add_argument("--steps", type=int, help=f"training steps per run (default {RecallBudget.steps})")
@@ -624,11 +624,11 @@ def run_recall(args) -> int:
 
 
 def add_quality(benchmarks):
-    from .bench.quality import ABLATIONS, QUICK, QualityBudget
+    from .bench.quality import ABLATIONS, DEFAULT_MODELS, MODEL_KINDS, QUICK, QualityBudget
 
     d = QualityBudget()
-    p = benchmarks.add_parser("quality", help="perplexity of wave, transformer and hybrid LMs at matched parameters and tokens")
-    p.add_argument("--models", default="wave,transformer,hybrid", help="comma-separated models (default: %(default)s)")
+    p = benchmarks.add_parser("quality", help="perplexity of wave, transformer, hybrid and peer LMs at matched parameters and tokens")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated models from {','.join(MODEL_KINDS)} (default: %(default)s)")
     p.add_argument("--ablations", type=_comma_list(str), default=(), help=f"wave ablations to add, comma-separated: {', '.join(ABLATIONS)}")
     p.add_argument(
         "--quick", action="store_true", help=f"smoke-test budget (preset {QUICK.preset}, {QUICK.steps} steps of {QUICK.batch_size} x {QUICK.seq_len})"

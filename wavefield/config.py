@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from .errors import UserError
 from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
 
-LAYER_TYPES = ("wave", "attention")
+# "conv-attention" is attention with the wave layer's short conv on q, k, v (kernel short_conv);
+# "mamba2" a Mamba-2 style selective state-space mixer (layers.mamba2)
+LAYER_TYPES = ("wave", "attention", "conv-attention", "mamba2")
 FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
@@ -23,6 +25,7 @@ MAX_SIZES = {
     "n_heads": 2**16,
     "short_conv": 1024,
     "chunk_size": 2**16,
+    "ssm_state": 4096,
     "mlp_ratio": 64,
     "reach_max": 1e12,
     "rope_base": 1e12,
@@ -38,9 +41,10 @@ class WaveFieldConfig:
     n_layers: int = 4
     n_heads: int = 4
     mlp_ratio: float = 4.0  # 0: blocks without an MLP (mixer only, as in recall benchmarks)
-    # per layer "wave" or "attention"; None means every layer is "wave"
+    # per layer one of LAYER_TYPES; None means every layer is "wave"
     layer_types: list[str] | None = None
-    # wave layers: kernel size of the short causal depthwise conv on q, k, v (0 turns it off)
+    # wave, conv-attention and mamba2 layers: kernel size of the short causal depthwise conv on
+    # q, k, v (on x, B, C in mamba2); 0 turns it off (conv-attention layers need >= 1)
     short_conv: int = 4
     # wave layers: feature map f in u = f(k) * v and f(q) * y
     feature_map: str = "identity"
@@ -52,6 +56,7 @@ class WaveFieldConfig:
     omega_scale: float = 1.0
     # wave layers: "auto" takes the recurrence for a few tokens (decoding), chunked otherwise
     wave_path: str = "auto"
+    # wave and mamba2 layers: tokens per chunk of the chunked paths
     chunk_size: int = 64
     # wave layers: the chunked path runs its input in tiles of about tile_size tokens
     # (projections included), so a forward pass's extra memory does not grow with the length
@@ -73,6 +78,8 @@ class WaveFieldConfig:
     wave_gate: bool = True
     # wave layers: keep omega, alpha, phi at their initial values (no gradient; an ablation)
     freeze_physics: bool = False
+    # mamba2 layers: state size per head (d_state: the length of B and C)
+    ssm_state: int = 64
     # attention layers: rotary position base
     rope_base: float = 10000.0
     dropout: float = 0.0
@@ -99,6 +106,7 @@ class WaveFieldConfig:
             (0 < self.omega_scale <= 1, f"omega_scale must be in (0, 1], got {self.omega_scale}"),
             (self.wave_path in WAVE_PATHS, f"wave_path must be one of {WAVE_PATHS}, got {self.wave_path!r}"),
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (self.ssm_state >= 1, f"ssm_state must be >= 1, got {self.ssm_state}"),
             (self.wave_deposit in WAVE_DEPOSITS, f"wave_deposit must be one of {WAVE_DEPOSITS}, got {self.wave_deposit!r}"),
             (self.tile_size >= 1, f"tile_size must be >= 1, got {self.tile_size}"),
             (self.recompute in RECOMPUTE, f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}"),
@@ -114,8 +122,10 @@ class WaveFieldConfig:
                 field_implementation(self.wave_implementation, self.wave_deposit, self.wave_norm, self.recompute)
             except ValueError as e:
                 raise UserError(f"wave_implementation: {e}") from None
-        if "attention" in self.layer_types and (self.d_model // self.n_heads) % 2:
+        if {"attention", "conv-attention"} & set(self.layer_types) and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
+        if "conv-attention" in self.layer_types and self.short_conv < 1:
+            raise UserError("conv-attention layers need short_conv >= 1 (with 0 they are plain attention: use the layer type 'attention')")
 
     def _bounds(self) -> list:
         """(ok, message) for the upper bounds (MAX_SIZES, MAX_PARAMETERS) and the positive floats;
@@ -179,6 +189,12 @@ def check_type(name: str, value, default):
 
 def estimated_parameters(cfg: WaveFieldConfig) -> float:
     """An upper bound on the parameter count, from the sizes alone (no tensor is made): the
-    embedding, and per layer at most 6 d x d projections plus an MLP of 3 * mlp_ratio d x d."""
-    d = cfg.d_model
-    return cfg.vocab_size * d + cfg.n_layers * ((6 + 3 * cfg.mlp_ratio) * d * d + (cfg.short_conv + 16) * d)
+    embedding, and per layer at most 6 d x d projections, a short conv over 3d channels (weights
+    and bias), norms and per-head numbers, plus an MLP of 3 * mlp_ratio d x d. A mamba2 layer
+    (inner width 2d, S = ssm_state) has 6 d x d and 2 S d projection weights, a conv over 2d + 2S
+    channels, a norm and 3 numbers per head."""
+    d, K, S, H = cfg.d_model, cfg.short_conv, cfg.ssm_state, cfg.n_heads
+    mixer = 6 * d * d + 3 * (K + 1) * d + 16 * d
+    if "mamba2" in cfg.layer_types:
+        mixer = max(mixer, 6 * d * d + (2 * S + H) * d + (2 * d + 2 * S) * (K + 1) + 2 * d + 3 * H)
+    return cfg.vocab_size * d + cfg.n_layers * (mixer + 3 * cfg.mlp_ratio * d * d)

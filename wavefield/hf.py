@@ -11,6 +11,9 @@ Tensor names: the HF model's are the native ones with the prefix "model." (nativ
 "blocks.0.mixer.in_proj.weight" is "model.blocks.0.mixer.in_proj.weight"); that is the only mapping.
 Layer types take transformers' names in the HF config ("wave" is "linear_attention", its name for
 recurrent layers, "attention" is "full_attention"): transformers checks them against its list.
+The peers of the quality benchmark ("conv-attention", "mamba2") have no name of their own there
+(the two it would fit are taken, and the names must map back one to one), so a model with them
+is refused: a UserError before anything is written.
 
 Importing this module registers the classes with AutoConfig and AutoModelForCausalLM.
 `import wavefield` does it lazily, when transformers is imported (see wavefield/__init__.py),
@@ -63,6 +66,12 @@ class WaveFieldHFConfig(PretrainedConfig):
             native["layer_types"] = [NATIVE_LAYER_NAMES.get(t, t) for t in native["layer_types"]]
         for name, value in dataclasses.asdict(WaveFieldConfig(**native)).items():
             setattr(self, name, value)
+        unnamed = sorted(set(self.layer_types) - set(HF_LAYER_NAMES))
+        if unnamed:
+            raise UserError(
+                f"layers of type {', '.join(map(repr, unnamed))} have no Hugging Face form: the transformers integration "
+                f"(export, the Auto classes) covers {' and '.join(HF_LAYER_NAMES)} layers only"
+            )
         self.layer_types = [HF_LAYER_NAMES[t] for t in self.layer_types]
         use_cache = kwargs.pop("use_cache", True)  # transformers would take it for a generation parameter and drop it
         kwargs.setdefault("tie_word_embeddings", True)  # the output head is the embedding

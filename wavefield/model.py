@@ -1,15 +1,20 @@
 """WaveFieldLM: token embedding, pre-norm residual blocks (mixer + MLP), final norm, and an
 output head tied to the embedding. Each block's mixer is a wave-field layer or, for the
-transformer baseline and hybrids, causal softmax attention (config.layer_types).
+transformer baseline and hybrids, causal softmax attention (config.layer_types); the peers
+of the quality benchmark add attention with the short conv ("conv-attention") and a Mamba-2
+style state-space mixer ("mamba2").
 
-The state of a model is a list with one entry per layer (a wave field, or a KV cache), so
+The state of a model is a list with one entry per layer (a wave field, a KV cache, an SSM
+state), so
 `model(ids, state=state, return_state=True)` continues a sequence exactly where it stopped
 and `generate` decodes one token at a time from that state.
 
 Padded batches: `attention_mask` (B, N), 1 at real tokens (Hugging Face's convention), makes
 every masked token influence nothing. A wave layer deposits nothing there and its short conv
 reads zeros there; an attention layer masks those keys and counts positions over real tokens
-only. Left padding is exact: each sample gets the logits (and the state) it gets alone.
+only (a conv-attention layer also zeroes its conv inputs there); a mamba2 layer zeroes its conv
+inputs and its dt there. Left padding is exact: each sample gets the logits (and the state) it
+gets alone.
 """
 
 import json
@@ -24,7 +29,7 @@ from safetensors.torch import load_file
 from .config import WaveFieldConfig
 from .errors import MissingError, UserError
 from .io import save_safetensors, write_text_atomic
-from .layers import CausalSelfAttention, WaveFieldAttention
+from .layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
 from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -102,8 +107,11 @@ class Block(nn.Module):
             )
             for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
-        else:
-            self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout)
+        elif cfg.layer_types[layer_index] == "mamba2":
+            self.mixer = Mamba2Mixer(cfg.d_model, cfg.n_heads, cfg.ssm_state, cfg.short_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
+        else:  # "attention", or "conv-attention": the same with the short conv on q, k, v
+            conv = cfg.short_conv if cfg.layer_types[layer_index] == "conv-attention" else 0
+            self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout, short_conv=conv)
         hidden = int(cfg.mlp_ratio * cfg.d_model)
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if hidden else None
         self.mlp = MLP(cfg.d_model, hidden, cfg.dropout) if hidden else None
@@ -221,7 +229,8 @@ class WaveFieldLM(nn.Module):
         the whole mask. Left padding is exact, in the prompt and after it (each sample gets the
         logits it gets alone); right padding is exact at the real positions; masked tokens
         between real ones are exact for attention layers, not for wave layers (their field
-        keeps decaying over them). A masked position's own logits are don't-care."""
+        keeps decaying over them) nor for layers with a short conv (conv-attention, mamba2: it
+        reads zeros there). A masked position's own logits are don't-care."""
         self._check_inputs(input_ids, state)
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None: no padding
         if targets is not None and (return_state or targets.shape != input_ids.shape):

@@ -17,15 +17,16 @@ def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
     assert main(["bench", "inference", "--quick", "--threads", "1", "--out", str(out)]) == 0
     results = json.loads((out / "inference.json").read_text())
     records, models = results["records"], results["environment"]["models"]
-    assert set(models) == {"wave", "transformer", "hybrid"}
+    assert set(models) == {"wave", "transformer", "hybrid", "mamba2"}
     counts = [m["parameters"] for m in models.values()]
     assert max(counts) / min(counts) < 1.05  # matched in parameters
     context = {(r["model"], r["context"]): r for r in records if r["kind"] == "context"}
-    assert set(context) == {(m, n) for m in models for n in (64, 256)}
+    assert set(context) == {(m, n) for m in [*models, "transformer (one pass)"] for n in (64, 256)}
     for r in context.values():
         assert 0 < r["prefill_s"] <= r["ttft_s"] <= r["total_s"] and r["peak_mb"] >= r["weights_mb"]
     # the wave model's state does not grow with the prompt; a KV cache holds every position read
     assert context["wave", 64]["state_mb"] == context["wave", 256]["state_mb"]
+    assert context["mamba2", 64]["state_mb"] == context["mamba2", 256]["state_mb"]
     for n in (64, 256):
         cfg = WaveFieldConfig(**{**dict(vocab_size=256), **results["settings"]["model"], "layer_types": models["transformer"]["layer_types"]})
         assert context["transformer", n]["state_mb"] == kv_bytes(cfg, n - 1) / 2**20  # the prompt but its last token, before decoding

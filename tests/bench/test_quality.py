@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from wavefield.bench.quality import ABLATIONS, MATCH_TOLERANCE, QualityBudget, model_configs, read_curve
+from wavefield.bench.quality import ABLATIONS, MATCH_TOLERANCE, QUICK, QualityBudget, model_configs, read_curve
 from wavefield.checkpoint import load_checkpoint
 from wavefield.cli import main
 from wavefield.data import load_corpus, prepare_data
@@ -13,11 +13,12 @@ from wavefield.model import WaveFieldLM
 
 
 def test_small_preset_models_are_matched_within_five_percent():
-    configs = model_configs(["wave", "transformer", "hybrid", *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
+    configs = model_configs(["wave", "transformer", "hybrid", "conv-transformer", "mamba2", *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
     counts = {name: WaveFieldLM(cfg).num_parameters() for name, cfg in configs.items()}
     assert configs["transformer"].layer_types == ["attention"] * 5
     assert configs["hybrid"].layer_types == ["wave", "wave", "wave", "attention", "wave"]
-    for name in ("transformer", "hybrid"):
+    assert configs["conv-transformer"].layer_types == ["conv-attention"] * 5 and configs["mamba2"].layer_types == ["mamba2"] * 5
+    for name in ("transformer", "hybrid", "conv-transformer", "mamba2"):
         assert abs(counts[name] / counts["wave"] - 1) <= MATCH_TOLERANCE
         assert configs[name].mlp_ratio != configs["wave"].mlp_ratio  # matched by the MLP width, not by luck
     assert configs["wave-no-conv"].short_conv == 0 and counts["wave-no-conv"] < counts["wave"]
@@ -63,6 +64,21 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
     # a second comparison never writes into the first one's folder
     assert main(["bench", "quality", "--quick", *flags, "--out", str(out)]) == 2
+
+
+def test_quick_comparison_of_the_peers(tmp_path, corpus_dir, cache_dir):
+    """conv-transformer and mamba2 through `bench quality --models`, matched to the wave model's count."""
+    out = tmp_path / "peers"
+    flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "32", "--n-layers", "2", "--n-heads", "2"]
+    assert main(["bench", "quality", "--quick", *flags, "--models", "conv-transformer,mamba2", "--lrs", "3e-3", "--out", str(out)]) == 0
+    records = {r["model"]: r for r in json.loads((out / "quality.json").read_text())["records"]}
+    assert list(records) == ["conv-transformer", "mamba2"]
+    assert records["conv-transformer"]["layer_types"] == ["conv-attention"] * 2 and records["mamba2"]["layer_types"] == ["mamba2"] * 2
+    wave = model_configs(["wave"], QUICK, records["mamba2"]["config"]["vocab_size"], {"d_model": 32, "n_layers": 2, "n_heads": 2})["wave"]
+    for r in records.values():
+        assert abs(r["parameters"] / WaveFieldLM(wave).num_parameters() - 1) <= MATCH_TOLERANCE
+        assert 1 < r["val"]["ppl"] < 300
+    assert "| mamba2 | MM |" in (out / "quality.md").read_text()
 
 
 def test_bad_quality_flags(tmp_path, capsys):

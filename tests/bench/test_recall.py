@@ -1,5 +1,6 @@
 """MQAR data as Zoology defines it, the answer-only scoring, and the `bench recall` command."""
 
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,8 @@ def test_model_kinds_have_the_layers_they_name():
     assert recall_config("transformer", task).layer_types == ["attention", "attention"]
     assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave", "attention"]
     assert recall_config("hybrid", task, hybrid_attention=(0,)).layer_types == ["attention", "wave"]
+    assert recall_config("conv-transformer", task).layer_types == ["conv-attention", "conv-attention"]
+    assert recall_config("mamba2", task).layer_types == ["mamba2", "mamba2"]
     for bad in [(), (0, 1), (2,)]:
         with pytest.raises(ValueError, match="some, not all"):
             recall_config("hybrid", task, hybrid_attention=bad)
@@ -94,6 +97,20 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_the_peer_kinds_run_through_bench_recall(tmp_path):
+    """conv-transformer and mamba2 train and score, without MLPs and without the wave options."""
+    from wavefield.bench.recall import QUICK, bench_recall
+
+    budget = dataclasses.replace(QUICK, steps=3, test_examples=8)
+    records = bench_recall(
+        ["conv-transformer", "mamba2"], [RecallTask(32, 4, vocab_size=64)], budget, d_model=16, n_heads=2, out_dir=tmp_path, log=lambda *_: None
+    )
+    assert [r["model"] for r in records] == ["conv-transformer", "mamba2"]
+    for r in records:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["wave_options"] is None and r["config"]["mlp_ratio"] == 0.0
+    assert "| mqar-32-4 | mamba2 | mamba2+mamba2 |" in (tmp_path / "recall.md").read_text()
 
 
 def test_sequences_to_reads_the_first_point_at_each_threshold():

@@ -54,26 +54,25 @@ def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def run_mixers(tmp_path, *args):
+    """`bench speed --quick --parts mixer` with args: its mixer records."""
+    assert main(["bench", "speed", "--quick", "--out", str(tmp_path), "--parts", "mixer", *args]) == 0
+    return [r for r in json.loads((tmp_path / "speed.json").read_text())["records"] if r["kind"] == "mixer"]
+
+
+def test_the_peer_mixers_run_with_their_flops(tmp_path):
+    """mamba2 and conv-sdpa (the quality benchmark's peers) as mixers of their own."""
+    mixer = run_mixers(tmp_path, "--ops", "mamba2,conv-sdpa", "--lengths", "64,100", "--repeats", "1", "--threads", "1")
+    expected = {(op, n, mode) for op in ("mamba2", "conv-sdpa") for n in (64, 100) for mode in ("forward", "backward")}
+    assert {(r["op"], r["n"], r["mode"]) for r in mixer} == expected
+    assert all(r["seconds"] > 0 and r["gflops"] > 0 and not r["skipped"] for r in mixer)
+    flops = {(r["op"], r["n"], r["mode"]): r["gflops"] for r in mixer}
+    assert flops[("conv-sdpa", 64, "backward")] == pytest.approx(3 * flops[("conv-sdpa", 64, "forward")])
+    assert flops[("mamba2", 100, "forward")] > flops[("mamba2", 64, "forward")]
+
+
 def test_budget_skips_instead_of_running(tmp_path):
-    argv = [
-        "bench",
-        "speed",
-        "--quick",
-        "--out",
-        str(tmp_path),
-        "--ops",
-        "materialised",
-        "--lengths",
-        "64",
-        "--parts",
-        "mixer",
-        "--modes",
-        "forward",
-        "--max-memory-gb",
-        "0.000001",
-    ]
-    assert main(argv) == 0
-    mixer = [r for r in json.loads((tmp_path / "speed.json").read_text())["records"] if r["kind"] == "mixer"]
+    mixer = run_mixers(tmp_path, "--ops", "materialised", "--lengths", "64", "--modes", "forward", "--max-memory-gb", "0.000001")
     assert len(mixer) == 1 and mixer[0]["skipped"] and "GiB" in mixer[0]["reason"] and mixer[0]["seconds"] is None
 
 
@@ -99,3 +98,6 @@ def test_targets_list_only_what_the_records_measure():
     assert met["b"] is False and "a" not in met and "f" not in met  # 11x < 12x; a and f were not measured
     met = {name.split(":")[0]: ok for name, _, ok in targets(records + [rec("wave", 32768, "forward", 1.0), rec("sdpa", 32768, "forward", 16.0)])}
     assert met["a"] is True
+    slow = [rec("wave", 8192, "forward", 1.0), rec("sdpa", 8192, "forward", 2.0)]
+    c = {name.split(":")[0]: value for name, value, _ in targets(slow + [rec("mamba2", 8192, "forward", 0.5)])}["c"]
+    assert c == 2.0  # a faster mamba2 is no attention peer of target c

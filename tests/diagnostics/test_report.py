@@ -210,6 +210,12 @@ def test_models_it_cannot_decompose_are_refused(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "outer"), "--out", str(tmp_path / "report")]) == 2
     assert "wave_deposit='outer'" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+    WaveFieldLM(WaveFieldConfig(vocab_size=300, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "mamba2"], ssm_state=8)).save_pretrained(
+        tmp_path / "ssm"
+    )
+    assert main(["diagnose", str(tmp_path / "ssm"), "--out", str(tmp_path / "report")]) == 2
+    assert "this model has mamba2 layers" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_normalised_read_out_is_diagnosed_and_a_short_fft_fails_the_verdict(tmp_path):

@@ -102,6 +102,22 @@ def test_export_refuses_a_non_empty_folder_and_overwrites_nothing(trained_run, t
     assert main(["export", str(trained_run), "--out", str(empty)]) == 0 and (empty / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("peer", ["conv-attention", "mamba2"])
+def test_export_refuses_the_peer_layers_and_writes_nothing(peer, tmp_path, capsys):
+    """conv-attention and mamba2 have no transformers layer name: one clear line, no folder."""
+    from wavefield import WaveFieldConfig, WaveFieldLM
+    from wavefield.hf import WaveFieldHFConfig
+
+    tokenizer = byte_tokenizer()
+    cfg = WaveFieldConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", peer], ssm_state=8)
+    WaveFieldLM(cfg).save_pretrained(tmp_path / "model")
+    tokenizer.save(tmp_path / "model")
+    fails(["export", str(tmp_path / "model"), "--out", str(tmp_path / "hf")], capsys, f"layers of type '{peer}' have no Hugging Face form")
+    assert not (tmp_path / "hf").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with pytest.raises(ValueError, match="covers wave and attention layers only"):
+        WaveFieldHFConfig.from_wavefield(cfg)
+
+
 def test_folders_that_are_not_ours(exported, tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 

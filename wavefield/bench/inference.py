@@ -9,7 +9,8 @@ cache for the tokens to come (the transformer's cache is preallocated and writte
 then model.stream decodes greedily from the state.
 
 Parts (--parts):
-* context: one prompt of each length, then `new_tokens` tokens. Prefill seconds (the prompt but
+* context: one prompt of each length, then `new_tokens` tokens (the models of `one_pass` also
+           with the prompt read in one pass: "transformer (one pass)"). Prefill seconds (the prompt but
            its last token), time to first token (prefill, then the last prompt token and the
            first sample), decode seconds per token after it, total, and the peak memory of the
            whole inference: the weights plus what the generation allocates at its peak (state
@@ -45,7 +46,8 @@ MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH = 2**22, 10**5, 4096  # bounds on what th
 
 @dataclass
 class InferenceSettings:
-    models: tuple = ("wave", "transformer", "hybrid")
+    models: tuple = ("wave", "transformer", "hybrid", "mamba2")
+    one_pass: tuple = ("transformer",)  # also measured with the prompt read in one pass (the context part): faster, more memory
     preset: str = "small"
     vocab_size: int = 8192
     model: dict = field(default_factory=dict)  # overrides of the preset's sizes (the quick run's)
@@ -95,26 +97,36 @@ def weights_mb(model) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
 
+KV_LAYERS = ("attention", "conv-attention")  # layer types whose state is a KV cache
+MIXER_OPS = {"wave": "wave", "attention": "sdpa", "conv-attention": "conv-sdpa", "mamba2": "mamba2"}  # bench speed's mixer of each layer type
+
+
 def kv_bytes(cfg, tokens: int, batch: int = 1) -> int:
     """Bytes of the KV caches of `tokens` positions (float32 keys and values of every attention layer)."""
-    return sum(t != "wave" for t in cfg.layer_types) * 2 * tokens * cfg.d_model * 4 * batch
+    return sum(t in KV_LAYERS for t in cfg.layer_types) * 2 * tokens * cfg.d_model * 4 * batch
+
+
+def step_flops(cfg, kind: str, n: int) -> float:
+    """FLOPs of one layer's mixer for one token after n: its projections, its conv and its state."""
+    D, conv = cfg.d_model, 2 * cfg.short_conv
+    if kind == "wave":  # in (D -> 4D), out, the conv on 3D channels, one complex multiply-add per channel
+        return 10 * D * D + 3 * D * conv + 8 * D
+    if kind == "mamba2":  # in (D -> 2E + 2S + H), out (E -> D), the conv on E + 2S channels, h = a h + dt B x^T and C^T h
+        E, S = 2 * D, cfg.ssm_state
+        return 2 * D * (2 * E + 2 * S + cfg.n_heads) + 2 * E * D + (E + 2 * S) * conv + 4 * S * E
+    return 8 * D * D + 4 * n * D + (3 * D * conv if kind == "conv-attention" else 0)  # then q k^T and p v over n keys
 
 
 def model_gflops(cfg, n: int) -> dict:
     """Theoretical GFLOPs to read an n-token prompt (logits at its last position) and to decode
-    one token after it: every layer's mixer (bench.speed.mixer_gflops), MLP and the output head."""
+    one token after it: every layer's mixer (bench.speed.mixer_gflops for the prompt), MLP and
+    the output head."""
     D, V = cfg.d_model, cfg.vocab_size
-    hidden = int(cfg.mlp_ratio * D)
-    mlp = 4 * D * hidden  # up and down, per token
+    mlp = 4 * D * int(cfg.mlp_ratio * D)  # up and down, per token
     prefill = decode = 2 * D * V / 1e9  # the output head at one position
     for kind in cfg.layer_types:
-        op = "wave" if kind == "wave" else "sdpa"
-        prefill += mixer_gflops(op, n, D, cfg.n_heads, 1, "forward") + n * mlp / 1e9
-        if kind == "wave":  # the recurrence: projections, the conv, one complex multiply-add per channel
-            step = 10 * D * D + 2 * 3 * D * cfg.short_conv + 8 * D
-        else:  # projections, then q k^T and p v over n keys
-            step = 8 * D * D + 4 * n * D
-        decode += (step + mlp) / 1e9
+        prefill += mixer_gflops(MIXER_OPS[kind], n, D, cfg.n_heads, 1, "forward") + n * mlp / 1e9
+        decode += (step_flops(cfg, kind, n) + mlp) / 1e9
     return {"prefill_gflops": prefill, "decode_gflops": decode}
 
 
@@ -125,16 +137,16 @@ def _record(s: InferenceSettings, **rec):
     return rec
 
 
-def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int = 1):
+def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int, chunk):
     """(seconds, GB) expected for n tokens: the largest measured n of the same kind scaled (n^2
     with attention layers, n^1.1 without), and the KV caches plus a margin of activations."""
     done = [r for r in s.records if r["kind"] == kind and r["model"] == name and not r["skipped"] and r.get("batch", 1) == batch]
     seconds = None
     if done:
         last = max(done, key=lambda r: r["context"])
-        power = 2 if "attention" in cfg.layer_types else 1.1
+        power = 2 if any(t in KV_LAYERS for t in cfg.layer_types) else 1.1
         seconds = last["total_s"] * (n / last["context"]) ** power
-    chunk = s.prefill_chunk or n
+    chunk = chunk or n
     gb = (kv_bytes(cfg, n, batch) + 4 * batch * min(chunk, n) * (n + 16 * cfg.d_model)) / 1e9
     return seconds, gb
 
@@ -159,15 +171,15 @@ def generate_timed(model, ids, new_tokens: int, prefill_chunk, attention_mask=No
     return {"prefill_s": prefill, "ttft_s": times[0], "total_s": times[-1], "state_mb": kept / 2**20}
 
 
-def _measure(s, kind, name, model, ids, new_tokens, mask=None, **extra):
+def _measure(s, kind, name, model, ids, new_tokens, chunk, mask=None, **extra):
     cfg, device = model.config, ids.device
     B, n = ids.shape
-    seconds, gb = _predict(s, kind, name, n, cfg, B)
-    base = dict(kind=kind, model=name, context=n, batch=B, new_tokens=new_tokens, **extra)
+    seconds, gb = _predict(s, kind, name, n, cfg, B, chunk)
+    base = dict(kind=kind, model=name, context=n, batch=B, new_tokens=new_tokens, prefill_chunk=chunk, **extra)
     if (seconds is not None and seconds > s.max_seconds) or gb > s.max_memory_gb:
         return _record(s, **base, skipped=True, predicted_s=seconds, predicted_gb=gb)
     out = {}
-    peak = peak_extra_mb(lambda: out.update(generate_timed(model, ids, new_tokens, s.prefill_chunk, mask)), device)
+    peak = peak_extra_mb(lambda: out.update(generate_timed(model, ids, new_tokens, chunk, mask)), device)
     decode = (out["total_s"] - out["ttft_s"]) / max(new_tokens - 1, 1)
     weights = weights_mb(model)
     return _record(
@@ -186,7 +198,9 @@ def bench_context(s: InferenceSettings, models: dict, device):
     for n in s.contexts:
         ids = torch.randint(0, s.vocab_size, (1, n), generator=gen).to(device)
         for name, model in models.items():
-            _measure(s, "context", name, model, ids, s.new_tokens)
+            _measure(s, "context", name, model, ids, s.new_tokens, s.prefill_chunk)
+            if name in s.one_pass and s.prefill_chunk is not None:
+                _measure(s, "context", f"{name} (one pass)", model, ids, s.new_tokens, None)
 
 
 def bench_batch(s: InferenceSettings, models: dict, device):
@@ -199,7 +213,7 @@ def bench_batch(s: InferenceSettings, models: dict, device):
             mask = torch.arange(n)[None] >= (n - lengths)[:, None]  # left padding: (B, n), True at real tokens
             ids = ids.masked_fill(~mask, 0).to(device)
             for name, model in models.items():
-                _measure(s, "batch", name, model, ids, s.batch_new_tokens, mask.to(device), real_tokens=int(lengths.sum()))
+                _measure(s, "batch", name, model, ids, s.batch_new_tokens, s.prefill_chunk, mask.to(device), real_tokens=int(lengths.sum()))
 
 
 def bench_flops(s: InferenceSettings, models: dict, device):

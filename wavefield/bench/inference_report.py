@@ -18,20 +18,24 @@ def _find(records, kind, model, context, batch=1):
     return None
 
 
+def _best(records, kind, family, context, key, batch=1):
+    """The record of the `family` model ("transformer": with or without its one-pass variant)
+    with the lowest `key` at this context: each target compares the wave model with the
+    transformer's best figure."""
+    found = [r for r in _done(records, kind) if r["model"].split(" (")[0] == family and r["context"] == context and r["batch"] == batch and r[key]]
+    return min(found, key=lambda r: r[key]) if found else None
+
+
 def targets(records, new_tokens_target: int = 256) -> list:
     """(description, measured, met) for the targets of this benchmark that the records cover."""
     checks = []
-    wave64, attn64 = _find(records, "context", "wave", 65536), _find(records, "context", "transformer", 65536)
-    if wave64 and attn64 and wave64["new_tokens"] == new_tokens_target:
-        checks.append(
-            (
-                "64K prompt + 256 tokens: transformer total time / wave's >= 20",
-                attn64["total_s"] / wave64["total_s"],
-                attn64["total_s"] / wave64["total_s"] >= 20,
-            )
-        )
-        if wave64["peak_mb"] and attn64["peak_mb"]:
-            ratio = attn64["peak_mb"] / wave64["peak_mb"]
+    wave64 = _find(records, "context", "wave", 65536)
+    fastest, leanest = _best(records, "context", "transformer", 65536, "total_s"), _best(records, "context", "transformer", 65536, "peak_mb")
+    if wave64 and fastest and wave64["new_tokens"] == new_tokens_target:
+        ratio = fastest["total_s"] / wave64["total_s"]
+        checks.append(("64K prompt + 256 tokens: transformer total time / wave's >= 20", ratio, ratio >= 20))
+        if wave64["peak_mb"] and leanest:
+            ratio = leanest["peak_mb"] / wave64["peak_mb"]
             checks.append(("64K prompt + 256 tokens: transformer peak memory / wave's >= 17.4", ratio, ratio >= 17.4))
     wave1k = _find(records, "context", "wave", 1024)
     if wave64 and wave1k:

@@ -1,10 +1,12 @@
-"""Language-model quality at matched size: wave, transformer and hybrid on the same data.
+"""Language-model quality at matched size: wave, transformer, hybrid and peers on the same data.
 
 Every model trains through `wavefield.train.train` on the same corpus, tokenizer, windows,
 batches (a function of seed and step) and token budget. The reference is the wave model of
-the preset; the transformer (every layer attention) and the hybrid (one attention layer in
-four, counted from the first; the last layer if there are fewer than four) get the MLP width
-that brings their parameter count within 5% of it. Ablations are wave models with one
+the preset; the transformer (every layer attention), the hybrid (one attention layer in
+four, counted from the first; the last layer if there are fewer than four) and the peers,
+"conv-transformer" (every layer attention with the wave layer's short conv on q, k, v) and
+"mamba2" (every layer the Mamba-2 style state-space mixer), get the MLP width that brings
+their parameter count within 5% of it. Ablations are wave models with one
 design choice changed (ABLATIONS); they keep the preset's MLP width.
 
 Learning rate: the same sweep for every model. Each rate in `lrs` trains `sweep_steps` steps
@@ -34,9 +36,10 @@ from ..evaluate import evaluate_tokens, summarize
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import PRESETS, TrainArgs, TrainingStopped, train
-from .recall import RECALL_WAVE
+from .recall import RECALL_WAVE, UNIFORM_KINDS
 
-MODEL_KINDS = ("wave", "transformer", "hybrid")
+MODEL_KINDS = ("wave", "transformer", "hybrid", "conv-transformer", "mamba2")
+DEFAULT_MODELS = ("wave", "transformer", "hybrid")  # what `bench quality` compares unless told
 # wave models with one design choice changed: "wave-NAME" in the list of models
 ABLATIONS = {
     "no-conv": {"short_conv": 0},
@@ -82,8 +85,8 @@ QUICK = QualityBudget(preset="tiny", steps=6, sweep_steps=3, lrs=(3e-3, 1e-2), b
 
 
 def layer_types(kind: str, n_layers: int) -> list[str]:
-    if kind == "transformer":
-        return ["attention"] * n_layers
+    if kind in UNIFORM_KINDS:
+        return [UNIFORM_KINDS[kind]] * n_layers
     if kind == "hybrid":
         types = ["attention" if (i + 1) % 4 == 0 else "wave" for i in range(n_layers)]
         if "attention" not in types:
@@ -110,7 +113,7 @@ def match_parameters(cfg: WaveFieldConfig, target: int) -> WaveFieldConfig:
 
 
 def model_configs(models, budget: QualityBudget, vocab_size: int, model: dict | None = None) -> dict:
-    """name -> WaveFieldConfig for each requested model: "wave", "transformer", "hybrid", "wave-ABLATION"."""
+    """name -> WaveFieldConfig for each requested model: one of MODEL_KINDS or "wave-ABLATION"."""
     base = WaveFieldConfig(**{**PRESETS[budget.preset]["model"], **(model or {}), "vocab_size": vocab_size})
     target = _count(base, int(base.mlp_ratio * base.d_model))
     configs = {}
@@ -204,7 +207,7 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
 
 
 def bench_quality(
-    models=MODEL_KINDS,
+    models=DEFAULT_MODELS,
     budget: QualityBudget | None = None,
     out_dir="runs/quality",
     data=None,
@@ -262,7 +265,12 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
             f"| {r['model']} | {''.join(t[0].upper() for t in r['layer_types'])} | {r['parameters']:,} | {r['best_lr']:g} | "
             f"{r['val']['ppl']:.2f} | {r['val']['bpb']:.4f} | {r['test']['ppl']:.2f} | {r['test']['bpb']:.4f} | {ratio} | {speed} |"
         )
-    lines += ["", "Layers: W wave, A attention. tokens/s: training loop wall-clock, periodic validation included.", "", "![validation loss](quality.png)"]
+    lines += [
+        "",
+        "Layers: W wave, A attention, C conv-attention, M mamba2. tokens/s: training loop wall-clock, periodic validation included.",
+        "",
+        "![validation loss](quality.png)",
+    ]
     write_text_atomic(out / "quality.md", "\n".join(lines) + "\n")
     plot_quality(records, out / "quality.png")
 

@@ -30,7 +30,10 @@ from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import lr_at, make_optimizer, set_lr
 
-MODEL_KINDS = ("wave", "transformer", "hybrid")
+MODEL_KINDS = ("wave", "transformer", "hybrid", "conv-transformer", "mamba2")
+DEFAULT_KINDS = ("wave", "transformer", "hybrid")  # what `bench recall` compares unless told
+# the model kinds that are one layer type throughout, besides "wave" (shared with bench quality)
+UNIFORM_KINDS = {"transformer": "attention", "conv-transformer": "conv-attention", "mamba2": "mamba2"}
 IGNORE = -100
 
 
@@ -75,6 +78,7 @@ class RecallBudget:
             raise UserError(f"a recall budget needs eval_every >= 0, and stop_at in (0, 1] only with a curve (eval_every > 0), got {self}")
 
 
+WAVE_KINDS = ("wave", "hybrid")  # the kinds with wave layers, which take the wave options
 THRESHOLDS = (0.5, 0.9, 0.99)  # the curve reports the training sequences needed to reach each
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
 TASKS = (RecallTask(256, 16), RecallTask(512, 64))
@@ -110,8 +114,9 @@ def recall_config(
     hybrid_attention: tuple | None = None,
     **wave,
 ) -> WaveFieldConfig:
-    """The model of `kind` for a task: all wave layers, all attention, or a hybrid whose
-    attention layers are the indices in `hybrid_attention` (default: the last layer only).
+    """The model of `kind` for a task: all wave layers, all attention (with the short conv in
+    "conv-transformer"), all mamba2, or a hybrid whose attention layers are the indices in
+    `hybrid_attention` (default: the last layer only).
     Blocks have no MLP by default, as in Zoology's recall models, and weights start at std
     d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave layers."""
     if kind not in MODEL_KINDS:
@@ -120,7 +125,7 @@ def recall_config(
     if not attention or len(set(attention)) == n_layers or not all(0 <= i < n_layers for i in attention):
         raise UserError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
     hybrid = ["attention" if i in attention else "wave" for i in range(n_layers)]
-    layer_types = {"wave": ["wave"] * n_layers, "transformer": ["attention"] * n_layers, "hybrid": hybrid}[kind]
+    layer_types = {"wave": ["wave"] * n_layers, "hybrid": hybrid, **{k: [t] * n_layers for k, t in UNIFORM_KINDS.items()}}[kind]
     return WaveFieldConfig(
         vocab_size=task.vocab_size,
         d_model=d_model,
@@ -199,7 +204,7 @@ def sequences_to(curve, thresholds=THRESHOLDS) -> dict:
 
 
 def bench_recall(
-    kinds=MODEL_KINDS,
+    kinds=DEFAULT_KINDS,
     tasks=TASKS,
     budget: RecallBudget | None = None,
     wave=None,
@@ -221,7 +226,7 @@ def bench_recall(
     wave = dict(RECALL_WAVE if wave is None else wave)
     configs = {
         (task.name, kind): recall_config(
-            kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention, **(wave if kind != "transformer" else {})
+            kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention, **(wave if kind in WAVE_KINDS else {})
         )
         for task in tasks
         for kind in kinds
@@ -250,7 +255,7 @@ def bench_recall(
                     "best_lr": best_lr,
                     "parameters": runs[0]["parameters"],
                     "layer_types": cfg.layer_types,
-                    "wave_options": wave if kind != "transformer" else None,
+                    "wave_options": wave if kind in WAVE_KINDS else None,
                     "config": cfg.to_dict(),
                     "runs": runs,
                 }

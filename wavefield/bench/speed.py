@@ -29,17 +29,18 @@ import torch
 from ..config import WaveFieldConfig
 from ..errors import UserError
 from ..io import write_text_atomic
-from ..layers import CausalSelfAttention, WaveFieldAttention
+from ..layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
 from ..model import WaveFieldLM
 from ..states import state_bytes
 from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 
-MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear")
+MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear", "conv-sdpa", "mamba2")
 MODES = ("forward", "backward")  # backward means forward + backward
 PARTS = ("mixer", "train", "decode", "long")
 WINDOW = 512
+SSM_STATE, SSM_CHUNK, SHORT_CONV = 64, 64, 4  # the mamba2 mixer's state size and chunk, the conv kernel of conv-sdpa and mamba2
 
 
 @dataclass
@@ -92,6 +93,10 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
         return WaveFieldAttention(d_model, n_heads, path="fft")
     if op == "sdpa":
         return CausalSelfAttention(d_model, n_heads)
+    if op == "conv-sdpa":  # the layer type "conv-attention": the short conv on q, k, v, then SDPA
+        return CausalSelfAttention(d_model, n_heads, short_conv=SHORT_CONV)
+    if op == "mamba2":
+        return Mamba2Mixer(d_model, n_heads, SSM_STATE, SHORT_CONV, chunk_size=SSM_CHUNK)
     if op == "materialised":
         return MaterialisedAttention(d_model, n_heads)
     if op == "sliding":
@@ -105,7 +110,11 @@ def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: 
     """Theoretical multiply-add FLOPs (x2) of the matmuls, FFTs and attention products.
     Forward + backward counts as 3x forward (4x where the forward is recomputed)."""
     D, d = d_model, d_model // n_heads
-    if op.startswith("wave"):
+    if op == "mamba2":  # inner width E = 2D; S = SSM_STATE; chunks of Q = SSM_CHUNK
+        E, S, Q = 2 * D, SSM_STATE, SSM_CHUNK
+        proj = 2 * n * D * (2 * E + 2 * S + n_heads) + 2 * n * E * D  # in (D -> 2E + 2S + H) and out (E -> D)
+        mix = 2 * n * Q * S + 2 * n * Q * E + 4 * n * S * E  # C B^T and its product with dt x inside chunks; states in and out
+    elif op.startswith("wave"):
         proj = 10 * n * D * D  # in (D -> 4D) and out (D -> D)
         if op == "wave":
             C = 64
@@ -117,6 +126,7 @@ def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: 
         proj = 8 * n * D * D  # q, k, v (D -> 3D) and out (D -> D)
         mix = {
             "sdpa": 2 * n * n * D,  # q k^T and p v over the causal half
+            "conv-sdpa": 2 * n * n * D + 6 * n * SHORT_CONV * D,  # plus the conv over 3D channels
             "materialised": 4 * n * n * D,  # the full square
             "sliding": 8 * n * min(WINDOW, n) * D,  # each block of queries sees 2 blocks of keys
             "linear": 4 * n * 64 * D + 4 * n * d * D,  # inside chunks, plus the d x d running sums
@@ -139,6 +149,8 @@ def mixer_bytes(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: s
         return 3 * act  # tiled: input, output and the tiles' outputs before they are joined
     if op == "wave-lean":
         return 6 * act
+    if op == "mamba2":  # the decay and score matrices of every chunk, (B, H, N, chunk) each
+        return grad * 3 * batch * n_heads * n * SSM_CHUNK * 4 + grad * 30 * act
     return grad * 12 * act
 
 
@@ -157,7 +169,7 @@ def _predict_seconds(s: Settings, op: str, n: int, mode: str):
     if not done:
         return None
     last = max(done, key=lambda r: r["n"])
-    power = 2 if op in ("sdpa", "materialised") else 1.1
+    power = 2 if op in ("sdpa", "materialised", "conv-sdpa") else 1.1
     return last["seconds"] * (n / last["n"]) ** power
 
 

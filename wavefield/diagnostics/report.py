@@ -103,6 +103,8 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None, fft_size
         # the field and flow figures show a field of d numbers per head (WaveFieldAttention.decompose);
         # an outer-deposit field is a d x d matrix per head, read by the query
         raise UserError(f"{paths[-1]}: diagnose covers wave layers with channel deposits; this model has wave_deposit={cfg.wave_deposit!r}")
+    if "mamba2" in cfg.layer_types:  # the effective-attention map needs each mixer's decompose, which a mamba2 layer has not
+        raise UserError(f"{paths[-1]}: diagnose covers wave and attention layers; this model has mamba2 layers ({', '.join(cfg.layer_types)})")
     ids, tokens, tokenizer = encode_prompt(paths[-1], text, cfg.vocab_size)
     notes = [f"prompt tokenised with {tokenizer}"]
     if len(ids) > MAX_TOKENS:

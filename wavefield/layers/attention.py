@@ -11,11 +11,19 @@ by a later call: a call writes only beyond the furthest position any state of it
 reached, and a call continuing from an older state (a second branch from the same prompt, say)
 copies that state's T positions into a buffer of its own first (copy on write).
 
+With short_conv = K > 0 (the layer type "conv-attention") q, k, v first pass the short causal
+depthwise conv of the wave layer (ops.conv, kernel K, with bias) over time, before rotary; the
+state then also carries "conv", the last K-1 projections (B, K-1, 3D), so that continuing from
+it is exact. Padding zeroes the projections at masked positions before the conv, as the wave
+layer does: a real token after left padding sees the zero history a sequence starts with.
+
 Padding: masked keys are seen by no real query, and each sample's tokens take rotary positions
 0, 1, .. counting its real tokens only (cumsum(mask) - 1, clamped at 0), so a left-padded sample gets exactly
 the scores it gets alone, in prefill and in decoding. A masked query sees itself only (its
 output is don't-care, but finite). Without a mask and without padding in the state, the code
-path is the unmasked one: SDPA's causal and mask-free fast paths.
+path is the unmasked one: SDPA's causal and mask-free fast paths. With the conv, masked
+tokens between real ones are not exact (the conv reads zeros there instead of the real tokens
+before them); left padding, and right padding at the real positions, are.
 """
 
 import math
@@ -24,6 +32,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..ops import conv_tail, short_conv
 
 
 def rotary(x: torch.Tensor, start, base: float) -> torch.Tensor:
@@ -68,13 +78,17 @@ class AttentionTerms(NamedTuple):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0, dropout: float = 0.0, short_conv: int = 0):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model ({d_model}) / n_heads ({n_heads}) must be an even whole number")
+        if short_conv < 0:
+            raise ValueError(f"short_conv must be >= 0, got {short_conv}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.rope_base, self.dropout = rope_base, dropout
+        self.rope_base, self.dropout, self.short_conv = rope_base, dropout, short_conv
         self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
+        # the wave layer's short conv on q, k, v (0: none, the plain transformer's attention)
+        self.conv = nn.Conv1d(3 * d_model, 3 * d_model, short_conv, groups=3 * d_model) if short_conv else None
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def check_state(self, state, batch_size: int):
@@ -91,18 +105,35 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError(f"attention state 'mask' must be bool of shape ({batch_size}, {k.shape[2]}), got {mask.dtype} of shape {tuple(mask.shape)}")
             if nxt.dtype != torch.int64 or tuple(nxt.shape) != (batch_size,):
                 raise ValueError(f"attention state 'next' must be int64 of shape ({batch_size},), got {nxt.dtype} of shape {tuple(nxt.shape)}")
+        conv = state.get("conv")
+        if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, 3 * self.d_model)):
+            raise ValueError(f"conv-attention state 'conv' must have shape {(batch_size, self.short_conv - 1, 3 * self.d_model)}")
 
     def reserve(self, state, batch_size: int, extra: int, masked: bool = False) -> dict:
         """The KV cache `state` (None: empty) with room for `extra` more tokens (reserve_cache)."""
         like = self.qkv_proj.weight.new_empty(batch_size, self.n_heads, 0, self.head_dim)  # (B, H, 0, d)
-        return reserve_cache(state, like, extra, masked)
+        new = reserve_cache(state, like, extra, masked)
+        if self.conv is not None and new.get("conv") is None:  # an empty state: the conv starts from zeros, as without a state
+            new["conv"] = like.new_zeros(batch_size, self.short_conv - 1, 3 * self.d_model)
+        return new
 
-    def _qkv(self, x, start):
+    def _qkv(self, x, start, conv_state=None, mask=None):
         """q, k, v (B, H, N, d) each for x (B, N, D) at positions start .. (an int), or at the
-        positions (B, N) given, rotary applied to q and k."""
-        B, N, _ = x.shape
-        q, k, v = self.qkv_proj(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
-        return rotary(q, start, self.rope_base), rotary(k, start, self.rope_base), v
+        positions (B, N) given, rotary applied to q and k; and the new conv state (None without
+        the conv). With the conv, the projections are zeroed where mask (B, N) is False, then
+        convolved over time continuing from conv_state (B, K-1, 3D) (None: zeros)."""
+        B, N, D = x.shape
+        qkv = self.qkv_proj(x)  # (B, N, 3D)
+        tail = None
+        if self.conv is not None:
+            if mask is not None:  # masked positions enter the conv as zeros
+                qkv = qkv * mask[..., None].to(qkv.dtype)
+            cm = qkv.mT.contiguous()  # (B, 3D, N): channel-major, as ops.conv works
+            history = conv_state.to(cm.dtype).mT if conv_state is not None else cm.new_zeros(B, 3 * D, self.short_conv - 1)  # (B, 3D, K-1)
+            qkv = short_conv(cm, history, self.conv.weight[:, 0], self.conv.bias).mT  # (B, N, 3D)
+            tail = conv_tail(cm, history).mT  # (B, K-1, 3D)
+        q, k, v = qkv.reshape(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
+        return rotary(q, start, self.rope_base), rotary(k, start, self.rope_base), v, tail
 
     def forward(self, x, state=None, return_state: bool = False, mask=None):
         """x (B, N, D) -> (B, N, D); the state is the KV cache of every earlier token.
@@ -121,13 +152,15 @@ class CausalSelfAttention(nn.Module):
             mask = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=x.device)
             nxt = state["next"] if state is not None and "next" in state else torch.full((B,), past, device=x.device)
             start = (nxt[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, N)
-        q, k, v = self._qkv(x, start)
+        q, k, v, tail = self._qkv(x, start, state.get("conv") if state is not None else None, mask)
         keys = mask
         if state is not None or return_state:
             state = _append(state, k, v, mask)
             k, v, keys = state["k"], state["v"], state.get("mask")  # (B, H, T + N, d); (B, T + N)
             if padded:
                 state["next"] = nxt + mask.sum(1)
+            if tail is not None:
+                state["conv"] = tail
         drop = self.dropout if self.training else 0.0
         if padded:  # query i (at key index past + i) sees the real keys up to itself, and itself
             j = torch.arange(past + N, device=x.device)
@@ -145,11 +178,14 @@ class CausalSelfAttention(nn.Module):
     def decompose(self, x) -> AttentionTerms:
         """The forward of x (B, N, D) from an empty cache, as its attention weights and values:
         the reference composition (explicit softmax) beside forward's fused SDPA."""
-        q, k, v = self._qkv(x, 0)
+        q, k, v, _ = self._qkv(x, 0)
         N = x.shape[1]
         scores = q @ k.mT / math.sqrt(self.head_dim)  # (B, H, N, N)
         scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
         return AttentionTerms(scores.softmax(-1), v)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}"
 
 
 def _append(state, k, v, mask=None) -> dict:
