@@ -35,7 +35,7 @@ from .ops import linear_cross_entropy
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes a float parameter loads from
-PREFILL_CHUNK = 2048  # generate reads a prompt in pieces of this many tokens (prefill)
+PREFILL_CHUNK = 256  # generate reads a prompt in pieces of this many tokens (prefill): 256 keeps the activations of a small model to a few MB
 
 
 def check_weights_header(file: Path, expected: dict):

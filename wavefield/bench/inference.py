@@ -34,7 +34,7 @@ import torch
 
 from ..errors import UserError
 from ..io import write_text_atomic
-from ..model import WaveFieldLM
+from ..model import PREFILL_CHUNK, WaveFieldLM
 from ..states import state_bytes
 from .measure import peak_extra_mb, sync
 from .quality import QualityBudget, model_configs
@@ -53,7 +53,7 @@ class InferenceSettings:
     model: dict = field(default_factory=dict)  # overrides of the preset's sizes (the quick run's)
     contexts: tuple = (1024, 4096, 16384, 32768, 65536, 131072)
     new_tokens: int = 256
-    prefill_chunk: int | None = 2048
+    prefill_chunk: int | None = PREFILL_CHUNK
     batches: tuple = (1, 4, 16, 64)
     batch_contexts: tuple = (2048, 8192)
     batch_new_tokens: int = 32
