@@ -20,8 +20,9 @@ LAYERS = st.sampled_from(["wave", "attention", "conv-attention", "mamba2"])
 @st.composite
 def every_layer_type(draw):
     """test_model's configs over every layer type (conv-attention needs its conv: short_conv >= 1)."""
-    cfg = draw(configs(layer_types=LAYERS))
-    return dataclasses.replace(cfg, short_conv=max(cfg.short_conv, 1), ssm_state=draw(st.sampled_from([1, 4, 16])))
+    cfg = draw(configs())
+    types = draw(st.lists(LAYERS, min_size=cfg.n_layers, max_size=cfg.n_layers))
+    return dataclasses.replace(cfg, layer_types=types, short_conv=max(cfg.short_conv, 1), ssm_state=draw(st.sampled_from([1, 4, 16])))
 
 
 @settings(max_examples=30, deadline=None)
