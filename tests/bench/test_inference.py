@@ -35,8 +35,12 @@ def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
     assert all(r["real_tokens"] <= r["batch"] * r["context"] for r in batch)
     flops = {r["model"]: r for r in records if r["kind"] == "flops"}
     assert flops["transformer"]["prefill_gflops"] > flops["hybrid"]["prefill_gflops"] > flops["wave"]["prefill_gflops"]
+    document = {r["model"]: r for r in records if r["kind"] == "document"}
+    assert set(document) == set(models) and all(r["same_tokens"] for r in document.values())  # the state answers as reading again does
+    assert document["wave"]["file_mb"] < document["transformer"]["file_mb"]  # 200 positions of keys and values against a constant field
+    assert not list(out.glob("tmp*"))  # the state files are removed
     report = (out / "inference.md").read_text()
-    assert "Ratios to the wave model" in report and "Batched decoding" in report and "Operations at 256 tokens" in report
+    assert "Ratios to the wave model" in report and "Batched decoding" in report and "Operations at 256 tokens" in report and "read once" in report
     assert (out / "inference_context.png").stat().st_size > 0 and (out / "inference_batch.png").stat().st_size > 0
 
 

@@ -20,12 +20,16 @@ Parts (--parts):
            batch size, then `batch_new_tokens` tokens: decode tokens/s over the batch, peak memory.
 * flops:   theoretical FLOPs of each model (the matmuls, FFTs and attention products) to read
            a `flops_context`-token prompt and to decode one token after it.
+* document: a `document_context`-token document read once and its state saved
+           (wavefield.states); then a prompt answered from the reloaded state (load + answer),
+           against reading document + prompt again; the state file's size, save and load time.
 
 A call whose predicted time or memory exceeds the budget is skipped and recorded as skipped.
 Ratios are between models measured in the same run, interleaved context by context.
 """
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +39,12 @@ import torch
 from ..errors import UserError
 from ..io import write_text_atomic
 from ..model import PREFILL_CHUNK, WaveFieldLM
-from ..states import state_bytes
+from ..states import load_state, save_state, state_bytes
 from .measure import peak_extra_mb, sync
 from .quality import QualityBudget, model_configs
 from .speed import machine, mixer_gflops
 
-PARTS = ("context", "batch", "flops")
+PARTS = ("context", "batch", "flops", "document")
 MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH = 2**22, 10**5, 4096  # bounds on what the command is asked to allocate
 
 
@@ -58,12 +62,16 @@ class InferenceSettings:
     batch_contexts: tuple = (2048, 8192)
     batch_new_tokens: int = 32
     flops_context: int = 32768
+    document_context: int = 65536
+    document_prompt: int = 16
+    document_new_tokens: int = 32
     parts: tuple = PARTS
     max_seconds: float = 1800.0  # per call: longer predicted calls are skipped
     max_memory_gb: float = 16.0  # per call: larger predicted peaks are skipped
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
     seed: int = 0
+    scratch: str | None = None  # folder for the document part's state files (default: out_dir)
     records: list = field(default_factory=list)
 
 
@@ -78,6 +86,9 @@ QUICK = dict(
     batch_contexts=(64,),
     batch_new_tokens=3,
     flops_context=256,
+    document_context=200,
+    document_prompt=5,
+    document_new_tokens=3,
     max_seconds=60.0,
     max_memory_gb=1.0,
 )
@@ -221,19 +232,64 @@ def bench_flops(s: InferenceSettings, models: dict, device):
         _record(s, kind="flops", model=name, context=s.flops_context, **model_gflops(model.config, s.flops_context))
 
 
+@torch.no_grad()
+def bench_document(s: InferenceSettings, models: dict, device):
+    """A document read once, its state saved (wavefield.states), then a prompt answered from the
+    reloaded state, against reading document + prompt again. The answers must be the same tokens."""
+    gen = torch.Generator(device="cpu").manual_seed(s.seed + 2)
+    document = torch.randint(0, s.vocab_size, (1, s.document_context), generator=gen).to(device)
+    prompt = torch.randint(0, s.vocab_size, (1, s.document_prompt), generator=gen).to(device)
+    for name, model in models.items():
+        with tempfile.TemporaryDirectory(dir=s.scratch) as tmp:
+            _record(s, kind="document", model=name, context=s.document_context, batch=1, **_document(s, model, document, prompt, Path(tmp), device))
+
+
+def _document(s: InferenceSettings, model, document, prompt, tmp: Path, device) -> dict:
+    new, path = s.document_new_tokens, tmp / "document.state"
+    read = Timed(lambda: model.prefill(document, chunk_size=s.prefill_chunk))
+    state = read.result[1]
+    saved = Timed(lambda: save_state(state, path, model, tokens=s.document_context))
+    loaded = Timed(lambda: load_state(path, model, device))
+    answered = Timed(lambda: model.generate(prompt, new, temperature=0, state=loaded.result, prefill_chunk=s.prefill_chunk))
+    again = Timed(lambda: model.generate(torch.cat([document, prompt], 1), new, temperature=0, prefill_chunk=s.prefill_chunk))
+    return dict(
+        prompt=s.document_prompt,
+        new_tokens=new,
+        read_s=read.seconds,
+        save_s=saved.seconds,
+        file_mb=path.stat().st_size / 2**20,
+        load_s=loaded.seconds,
+        answer_s=answered.seconds,
+        from_state_s=loaded.seconds + answered.seconds,
+        reread_s=again.seconds,
+        same_tokens=torch.equal(answered.result[:, -new:], again.result[:, -new:]),
+    )
+
+
+class Timed:
+    """fn() run once: its result (.result) and wall-clock seconds (.seconds)."""
+
+    def __init__(self, fn):
+        start = time.perf_counter()
+        self.result = fn()
+        self.seconds = time.perf_counter() - start
+
+
 def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
     """Run the selected parts; write inference.json, inference.md and PNG plots into out_dir."""
     unknown = sorted(set(s.parts) - set(PARTS))
     if unknown:
         raise UserError(f"unknown parts {', '.join(unknown)} (choose from {', '.join(PARTS)})")
     sizes = [
-        ("contexts", (*s.contexts, *s.batch_contexts, s.flops_context), 2, MAX_CONTEXT),
-        ("new tokens", (s.new_tokens, s.batch_new_tokens), 1, MAX_NEW_TOKENS),
+        ("contexts", (*s.contexts, *s.batch_contexts, s.flops_context, s.document_context), 2, MAX_CONTEXT),
+        ("new tokens", (s.new_tokens, s.batch_new_tokens, s.document_new_tokens, s.document_prompt), 1, MAX_NEW_TOKENS),
         ("batch sizes", s.batches, 1, MAX_BATCH),
     ]
     for what, values, least, most in sizes:
         if not least <= min(values) <= max(values) <= most:
             raise UserError(f"bench inference: {what} must lie in [{least}, {most:,}], got {', '.join(map(str, values))}")
+    s.scratch = s.scratch or str(out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     device = torch.device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -245,7 +301,7 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
     warm = torch.randint(0, s.vocab_size, (1, 32), device=device)
     for model in models.values():  # the first call of each model pays one-off costs
         generate_timed(model, warm, 2, s.prefill_chunk)
-    steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops}
+    steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops, "document": bench_document}
     for part in s.parts:
         steps[part](s, models, device)
     env["load_average_after"] = machine(device).get("load_average")

@@ -131,6 +131,30 @@ def _flops_table(records):
     return [f"### Operations at {n:,} tokens (theoretical) beside the measured time\n\n" + _table(header, table)]
 
 
+def _document_table(records):
+    rows = _done(records, "document")
+    if not rows:
+        return []
+    r0 = rows[0]
+    table = [
+        [
+            r["model"],
+            _fmt(r["file_mb"]),
+            _fmt(r["read_s"]),
+            _fmt(r["save_s"]),
+            _fmt(r["load_s"]),
+            _fmt(r["from_state_s"]),
+            _fmt(r["reread_s"]),
+            f"{_fmt(r['reread_s'] / r['from_state_s'])}x",
+            "yes" if r["same_tokens"] else "NO",
+        ]
+        for r in rows
+    ]
+    header = ["model", "state file MiB", "read document s", "save s", "load s", "answer from state s (load included)", "read again s", "speedup", "same tokens"]
+    title = f"### A {r0['context']:,}-token document read once, then a {r0['prompt']}-token prompt and {r0['new_tokens']} new tokens"
+    return [title + "\n\n" + _table(header, table)]
+
+
 def write_report(results) -> str:
     env, records = results["environment"], results["records"]
     lines = ["# wavefield bench inference", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "models"), ""]
@@ -140,7 +164,7 @@ def write_report(results) -> str:
     checks = targets(records)
     if checks:
         lines += ["## Targets", "", _table(["target", "measured", "met"], [[t, _fmt(v), "yes" if ok else "no"] for t, v, ok in checks]), ""]
-    sections = _context_tables(records) + _batch_table(records) + _flops_table(records)
+    sections = _context_tables(records) + _batch_table(records) + _flops_table(records) + _document_table(records)
     skipped = [r for r in records if r["skipped"]]
     if skipped:
         sections.append(
