@@ -111,3 +111,20 @@ def test_prefill_refuses_bad_settings(kwargs, phrase):
         model.prefill(torch.zeros(1, 3, dtype=torch.long), **kwargs)
     with pytest.raises(UserError, match="at least one token"):
         model.prefill(torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_padded_prompts_after_a_state_are_exact_for_attention_and_refused_otherwise():
+    transformer = model_for(dataclasses.replace(HYBRID, layer_types=["attention"] * 3), 2)
+    document = torch.randint(0, HYBRID.vocab_size, (1, 12))
+    prompts = random_prompts(HYBRID, [3, 7], 2)
+    ids, mask = pad(prompts)
+    with torch.no_grad():
+        _, state = transformer.prefill(document.expand(2, -1).contiguous())
+        logits, _ = transformer.prefill(ids, state=state, attention_mask=mask, chunk_size=2)
+        for b, p in enumerate(prompts):
+            assert_close_to(logits[b], transformer(torch.cat([document[0], p])[None])[0, -1])
+        hybrid = model_for(HYBRID, 2)
+        _, state = hybrid.prefill(document.expand(2, -1).contiguous())
+        with pytest.raises(UserError, match="padding between"):
+            hybrid.prefill(ids, state=state, attention_mask=mask)
+        hybrid.prefill(ids, state=state, attention_mask=torch.ones_like(mask))  # no padding: nothing to refuse

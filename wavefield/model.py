@@ -280,6 +280,11 @@ class WaveFieldLM(nn.Module):
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
             raise UserError(f"reserve must be an integer >= 0, got {reserve!r}")
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None
+        if state is not None and mask is not None and not all(isinstance(b.mixer, CausalSelfAttention) for b in self.blocks):
+            raise UserError(
+                "padded prompts after a state put padding between the state's tokens and the prompt's, which only attention "
+                "layers skip exactly: give prompts of equal length (wavefield.states.expand_state) or answer them one at a time"
+            )
         state = list(state) if state is not None else [None] * len(self.blocks)
         for i, block in enumerate(self.blocks):
             if isinstance(block.mixer, CausalSelfAttention):
