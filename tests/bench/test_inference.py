@@ -54,6 +54,16 @@ def test_calls_over_the_budget_are_skipped_and_recorded(tmp_path):
     assert "Skipped" in (out / "inference.md").read_text()
 
 
+def test_one_pass_prompts_are_not_predicted_to_need_a_mask(tmp_path):
+    from wavefield.bench.inference import InferenceSettings, _predict
+
+    cfg = WaveFieldConfig(d_model=256, n_layers=5, n_heads=8, layer_types=["attention"] * 5)
+    one_pass = _predict(InferenceSettings(), "context", "t", 65536, cfg, 1, None)[1]
+    chunked = _predict(InferenceSettings(), "context", "t", 65536, cfg, 1, 256)[1]
+    kv = kv_bytes(cfg, 65536) / 1e9  # 0.67 GB: causal SDPA in one pass needs activations O(N D) beside it, no (N, N) scores
+    assert kv < one_pass < 3 * kv and kv < chunked < 2 * kv
+
+
 def test_operation_counts_follow_the_architecture():
     wave = WaveFieldConfig(d_model=64, n_layers=2, n_heads=4)
     attention = WaveFieldConfig(d_model=64, n_layers=2, n_heads=4, layer_types=["attention"] * 2)
@@ -62,6 +72,8 @@ def test_operation_counts_follow_the_architecture():
     assert growth == pytest.approx(2 * 4 * 2048 * 64 / 1e9)  # q k^T and p v over 2048 more keys, two layers
     ratio = model_gflops(attention, 32768)["prefill_gflops"] / model_gflops(wave, 32768)["prefill_gflops"]
     assert ratio > 4 * model_gflops(attention, 1024)["prefill_gflops"] / model_gflops(wave, 1024)["prefill_gflops"]  # quadratic against linear
+    mamba = [WaveFieldConfig(d_model=64, n_layers=2, n_heads=4, layer_types=["mamba2"] * 2, ssm_state=s) for s in (16, 64)]
+    assert model_gflops(mamba[0], 4096)["prefill_gflops"] < model_gflops(mamba[1], 4096)["prefill_gflops"]  # the config's state size counts
 
 
 def test_targets_are_read_from_the_records():
@@ -88,6 +100,7 @@ def test_targets_are_read_from_the_records():
         (["--batches", "100000"], "batch sizes must lie in"),
         (["--max-seconds", "nan"], "must be > 0"),
         (["--new-tokens", "0"], "must be > 0"),
+        (["--new-tokens", "1"], "new tokens must lie in [2"),
         (["--models", "gpt"], "is not one of"),
         (["--contexts", "1"], "contexts must lie in"),
     ],

@@ -136,7 +136,8 @@ def model_gflops(cfg, n: int) -> dict:
     mlp = 4 * D * int(cfg.mlp_ratio * D)  # up and down, per token
     prefill = decode = 2 * D * V / 1e9  # the output head at one position
     for kind in cfg.layer_types:
-        prefill += mixer_gflops(MIXER_OPS[kind], n, D, cfg.n_heads, 1, "forward") + n * mlp / 1e9
+        mixer = mixer_gflops(MIXER_OPS[kind], n, D, cfg.n_heads, 1, "forward", chunk=cfg.chunk_size, ssm_state=cfg.ssm_state, short_conv=cfg.short_conv)
+        prefill += mixer + n * mlp / 1e9
         decode += (step_flops(cfg, kind, n) + mlp) / 1e9
     return {"prefill_gflops": prefill, "decode_gflops": decode}
 
@@ -150,15 +151,17 @@ def _record(s: InferenceSettings, **rec):
 
 def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int, chunk):
     """(seconds, GB) expected for n tokens: the largest measured n of the same kind scaled (n^2
-    with attention layers, n^1.1 without), and the KV caches plus a margin of activations."""
+    with attention layers, n^1.1 without), and the KV caches plus a margin of activations (and,
+    read in chunks, the float mask of a chunk's queries over every key)."""
     done = [r for r in s.records if r["kind"] == kind and r["model"] == name and not r["skipped"] and r.get("batch", 1) == batch]
     seconds = None
     if done:
         last = max(done, key=lambda r: r["context"])
         power = 2 if any(t in KV_LAYERS for t in cfg.layer_types) else 1.1
         seconds = last["total_s"] * (n / last["context"]) ** power
-    chunk = chunk or n
-    gb = (kv_bytes(cfg, n, batch) + 4 * batch * min(chunk, n) * (n + 16 * cfg.d_model)) / 1e9
+    activations = 4 * batch * min(chunk or n, n) * 16 * cfg.d_model
+    masks = 4 * batch * min(chunk, n) * n if chunk else 0  # one pass without padding: causal SDPA, no mask
+    gb = (kv_bytes(cfg, n, batch) + activations + masks) / 1e9
     return seconds, gb
 
 
@@ -246,12 +249,12 @@ def bench_document(s: InferenceSettings, models: dict, device):
 
 def _document(s: InferenceSettings, model, document, prompt, tmp: Path, device) -> dict:
     new, path = s.document_new_tokens, tmp / "document.state"
-    read = Timed(lambda: model.prefill(document, chunk_size=s.prefill_chunk))
+    read = Timed(lambda: model.prefill(document, chunk_size=s.prefill_chunk), device)
     state = read.result[1]
-    saved = Timed(lambda: save_state(state, path, model, tokens=s.document_context))
-    loaded = Timed(lambda: load_state(path, model, device))
-    answered = Timed(lambda: model.generate(prompt, new, temperature=0, state=loaded.result, prefill_chunk=s.prefill_chunk))
-    again = Timed(lambda: model.generate(torch.cat([document, prompt], 1), new, temperature=0, prefill_chunk=s.prefill_chunk))
+    saved = Timed(lambda: save_state(state, path, model, tokens=s.document_context), device)
+    loaded = Timed(lambda: load_state(path, model, device), device)
+    answered = Timed(lambda: model.generate(prompt, new, temperature=0, state=loaded.result, prefill_chunk=s.prefill_chunk), device)
+    again = Timed(lambda: model.generate(torch.cat([document, prompt], 1), new, temperature=0, prefill_chunk=s.prefill_chunk), device)
     return dict(
         prompt=s.document_prompt,
         new_tokens=new,
@@ -267,11 +270,13 @@ def _document(s: InferenceSettings, model, document, prompt, tmp: Path, device) 
 
 
 class Timed:
-    """fn() run once: its result (.result) and wall-clock seconds (.seconds)."""
+    """fn() run once on `device`: its result (.result) and wall-clock seconds (.seconds), the device synchronised around it."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, device):
+        sync(device)
         start = time.perf_counter()
         self.result = fn()
+        sync(device)
         self.seconds = time.perf_counter() - start
 
 
@@ -282,7 +287,8 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
         raise UserError(f"unknown parts {', '.join(unknown)} (choose from {', '.join(PARTS)})")
     sizes = [
         ("contexts", (*s.contexts, *s.batch_contexts, s.flops_context, s.document_context), 2, MAX_CONTEXT),
-        ("new tokens", (s.new_tokens, s.batch_new_tokens, s.document_new_tokens, s.document_prompt), 1, MAX_NEW_TOKENS),
+        ("new tokens", (s.new_tokens, s.batch_new_tokens), 2, MAX_NEW_TOKENS),  # decode time is measured after the first
+        ("document prompt and new tokens", (s.document_new_tokens, s.document_prompt), 1, MAX_NEW_TOKENS),
         ("batch sizes", s.batches, 1, MAX_BATCH),
     ]
     for what, values, least, most in sizes:

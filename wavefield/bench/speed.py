@@ -106,19 +106,21 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
     raise UserError(f"unknown mixer {op!r}; expected one of {MIXERS}")
 
 
-def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str) -> float:
-    """Theoretical multiply-add FLOPs (x2) of the matmuls, FFTs and attention products.
+def mixer_gflops(
+    op: str, n: int, d_model: int, n_heads: int, batch: int, mode: str, chunk: int = SSM_CHUNK, ssm_state: int = SSM_STATE, short_conv: int = SHORT_CONV
+) -> float:
+    """Theoretical multiply-add FLOPs (x2) of the matmuls, FFTs and attention products, for the
+    chunk size (wave and mamba2), state size (mamba2) and conv kernel (conv-sdpa) given.
     Forward + backward counts as 3x forward (4x where the forward is recomputed)."""
     D, d = d_model, d_model // n_heads
-    if op == "mamba2":  # inner width E = 2D; S = SSM_STATE; chunks of Q = SSM_CHUNK
-        E, S, Q = 2 * D, SSM_STATE, SSM_CHUNK
+    if op == "mamba2":  # inner width E = 2D; state size S; chunks of Q tokens
+        E, S, Q = 2 * D, ssm_state, chunk
         proj = 2 * n * D * (2 * E + 2 * S + n_heads) + 2 * n * E * D  # in (D -> 2E + 2S + H) and out (E -> D)
         mix = 2 * n * Q * S + 2 * n * Q * E + 4 * n * S * E  # C B^T and its product with dt x inside chunks; states in and out
     elif op.startswith("wave"):
         proj = 10 * n * D * D  # in (D -> 4D) and out (D -> D)
         if op == "wave":
-            C = 64
-            mix = 2 * n * C * D + 8 * n * D  # Toeplitz inside chunks, carry in and out of them
+            mix = 2 * n * chunk * D + 8 * n * D  # Toeplitz inside chunks, carry in and out of them
         else:
             n_fft = 2 * n
             mix = 2 * 2.5 * n_fft * math.log2(n_fft) * D + 3 * n_fft * D  # two real FFTs and a product
@@ -126,7 +128,7 @@ def mixer_gflops(op: str, n: int, d_model: int, n_heads: int, batch: int, mode: 
         proj = 8 * n * D * D  # q, k, v (D -> 3D) and out (D -> D)
         mix = {
             "sdpa": 2 * n * n * D,  # q k^T and p v over the causal half
-            "conv-sdpa": 2 * n * n * D + 6 * n * SHORT_CONV * D,  # plus the conv over 3D channels
+            "conv-sdpa": 2 * n * n * D + 6 * n * short_conv * D,  # plus the conv over 3D channels
             "materialised": 4 * n * n * D,  # the full square
             "sliding": 8 * n * min(WINDOW, n) * D,  # each block of queries sees 2 blocks of keys
             "linear": 4 * n * 64 * D + 4 * n * d * D,  # inside chunks, plus the d x d running sums
