@@ -128,3 +128,7 @@ def test_padded_prompts_after_a_state_are_exact_for_attention_and_refused_otherw
         with pytest.raises(UserError, match="padding between"):
             hybrid.prefill(ids, state=state, attention_mask=mask)
         hybrid.prefill(ids, state=state, attention_mask=torch.ones_like(mask))  # no padding: nothing to refuse
+        conv = model_for(dataclasses.replace(HYBRID, layer_types=["conv-attention"] * 3), 2)  # its conv would read the padding
+        _, state = conv.prefill(document.expand(2, -1).contiguous())
+        with pytest.raises(UserError, match="padding between"):
+            conv.prefill(ids, state=state, attention_mask=mask)

@@ -16,7 +16,7 @@ from test_padding import HYBRID
 from wavefield.checkpoint import load_checkpoint
 from wavefield.cli import main
 from wavefield.errors import UserError
-from wavefield.states import expand_state, load_state, save_state, state_bytes, state_tokens
+from wavefield.states import _sha256, expand_state, load_state, save_state, state_bytes, state_tokens
 
 MODELS = {
     "wave": dataclasses.replace(HYBRID, layer_types=["wave"] * 3),
@@ -99,9 +99,7 @@ def test_corrupt_and_tampered_state_files_are_refused(tmp_path):
     (tmp_path / "reshaped").write_bytes(raw)  # a consistent checksum over a tensor of the wrong shape
     rewrite(tmp_path / "reshaped", tensors={"layers.1.k": torch.zeros(1, 2, 20, 3)})
     with safe_open(str(tmp_path / "reshaped"), framework="pt") as f:
-        from wavefield.states import _checksum
-
-        rewrite(tmp_path / "reshaped", metadata={"sha256": _checksum({k: f.get_tensor(k) for k in f.keys()})})
+        rewrite(tmp_path / "reshaped", metadata={"sha256": _sha256({k: f.get_tensor(k) for k in f.keys()})})
     with pytest.raises(UserError, match="does not fit this model"):
         load_state(tmp_path / "reshaped", model)
     (tmp_path / "layout").write_bytes(raw)
@@ -114,6 +112,48 @@ def test_corrupt_and_tampered_state_files_are_refused(tmp_path):
         load_state(tmp_path / "version", model)
     with pytest.raises(FileNotFoundError):
         load_state(tmp_path / "missing", model)
+
+
+def craft(good, path, tensors=None, drop=(), layout=None, **metadata):
+    """The state file `good` rewritten at `path` with tensors replaced, dropped or added, and a
+    layout or metadata of our choosing, its checksum made consistent again: what a hostile
+    writer can make, since the checksum only catches accidents."""
+    with safe_open(str(good), framework="pt") as f:
+        old, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    new = {k: v for k, v in {**old, **(tensors or {})}.items() if k not in drop}
+    meta = {**meta, **metadata, **({"layout": json.dumps(layout)} if layout is not None else {}), "sha256": _sha256(new)}
+    save_file(new, str(path), metadata=meta)
+    return path
+
+
+def test_crafted_state_files_are_refused_before_they_are_used(tmp_path):
+    cfg = dataclasses.replace(HYBRID, layer_types=["wave", "attention", "mamba2"], ssm_state=4)
+    model = model_for(cfg, 0)
+    _, state = model.prefill(ids_for(cfg, 12))
+    good = tmp_path / "good"
+    save_state(state, good, model, tokens=12)
+    layout = json.loads(safe_open(str(good), framework="pt").metadata()["layout"])
+    k = state[1]["k"]
+    cases = {
+        "no k or v": (dict(drop=("layers.1.k", "layers.1.v"), layout=[layout[0], {"k": False, "v": False}, layout[2]]), "does not fit"),
+        "a buffer entry": (dict(tensors={"layers.1.buffer": torch.zeros(1)}, layout=[layout[0], {**layout[1], "buffer": True}, layout[2]]), "layout"),
+        "a layout of strings": (dict(layout=[layout[0], {"k": "yes", "v": True}, layout[2]]), "layout"),
+        "v shorter than k": (dict(tensors={"layers.1.v": state[1]["v"][:, :, :3].contiguous()}), "'v' must be a float tensor"),
+        "an int field": (dict(tensors={"layers.0.field": torch.zeros(state[0]["field"].shape, dtype=torch.int64)}), "'field' must be a complex tensor"),
+        "float keys as ints": (dict(tensors={"layers.1.k": k.long()}), "'k' must be a float tensor"),
+        "layers of different batches": (dict(tensors={"layers.1.k": k.expand(3, -1, -1, -1).contiguous()}), "does not fit"),
+    }
+    for name, (change, phrase) in cases.items():
+        with pytest.raises(UserError, match=phrase):
+            load_state(craft(good, tmp_path / name.replace(" ", "-"), **change), model)
+    wide = tmp_path / "wide"
+    save_state(expand_state(state, 4), wide, model)  # a real file, of 4 rows
+    assert len(load_state(wide, model)[1]["k"]) == 4
+    with pytest.raises(UserError, match="holds the state of 4 rows, 1 needed"):
+        load_state(wide, model, batch_size=1)
+    assert state_tokens(craft(good, tmp_path / "tokens", tokens="{oops")) is None
+    with pytest.raises(UserError, match="the state to save does not fit"):
+        save_state([state[0], {**state[1], "v": state[1]["v"][:, :1]}, state[2]], tmp_path / "bad", model)
 
 
 def digest(path):
@@ -150,6 +190,10 @@ def test_cli_refuses_bad_state_requests_in_one_line(trained_run, tmp_path, capsy
     other = model_for(MODELS["wave"], 0)
     save_state(other.prefill(ids_for(MODELS["wave"], 9))[1], tmp_path / "foreign.state", other)
     fails(["generate", run, "--state", str(tmp_path / "foreign.state"), "--prompt", "x"], capsys, "another model")
+    model, _, _ = load_checkpoint(trained_run)
+    _, rows = model.prefill(torch.zeros(2, 5, dtype=torch.long))
+    save_state(rows, tmp_path / "rows.state", model)
+    fails(["generate", run, "--state", str(tmp_path / "rows.state"), "--prompt", "x"], capsys, "holds the state of 2 rows, 1 needed")
     fails(["generate", run, "--state", str(tmp_path / "none"), "--prompt", "x"], capsys, "no such state file")
     fails(["generate", run, "--state", str(tmp_path / "none")], capsys, "--state needs --prompt")
     fails(["generate", run, "--save-state", str(tmp_path / "s")], capsys, "--save-state needs --context")
@@ -158,6 +202,10 @@ def test_cli_refuses_bad_state_requests_in_one_line(trained_run, tmp_path, capsy
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     fails(["generate", run, "--context", str(tmp_path / "latin1.txt")], capsys, "not UTF-8")
     fails(["generate", run, "--prefill-chunk", "0"], capsys, "--prefill-chunk must be between 1")
+    (tmp_path / "empty.txt").write_text("")
+    fails(["generate", run, "--context", str(tmp_path / "empty.txt")], capsys, "is empty")
+    fails(["generate", run, "--context", str(document), "--save-state", str(tmp_path / "no" / "s")], capsys, "does not exist")
+    fails(["generate", run, "--context", str(document), "--save-state", str(tmp_path)], capsys, "is a folder")
     state = tmp_path / "doc.state"
     assert main(["generate", run, "--context", str(document), "--save-state", str(state)]) == 0
     capsys.readouterr()

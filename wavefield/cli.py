@@ -259,6 +259,7 @@ def run_generate(args) -> int:
     from pathlib import Path
 
     from .checkpoint import load_checkpoint
+    from .errors import MissingError
     from .generate import read_document, stream_text
     from .states import load_state, read_metadata, save_state, state_bytes
 
@@ -277,11 +278,19 @@ def run_generate(args) -> int:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    if args.save_state and Path(args.save_state).exists():
-        read_metadata(args.save_state)  # overwrite an earlier state, never any other file
+    if args.save_state:  # before the document is read: where the state goes, and never over another file
+        target = Path(args.save_state)
+        if target.is_dir():
+            raise UserError(f"--save-state {target} is a folder: name a file")
+        if not target.parent.is_dir():
+            raise MissingError(f"--save-state {target}: the folder {target.parent} does not exist")
+        if target.exists():
+            read_metadata(target)  # an earlier state is overwritten, any other file is refused
     text = read_context(args.context) if args.context else None
+    if text == "":
+        raise UserError(f"--context {args.context} is empty: nothing to read")
     model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
-    state = load_state(args.state, model) if args.state else None
+    state = load_state(args.state, model, batch_size=1) if args.state else None
     prompt = args.prompt
     if text is not None and not (args.prompt or args.save_state):
         prompt = text  # --context alone: continue the document itself

@@ -280,10 +280,11 @@ class WaveFieldLM(nn.Module):
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
             raise UserError(f"reserve must be an integer >= 0, got {reserve!r}")
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, or None
-        if state is not None and mask is not None and not all(isinstance(b.mixer, CausalSelfAttention) for b in self.blocks):
+        if state is not None and mask is not None and not all(isinstance(b.mixer, CausalSelfAttention) and b.mixer.conv is None for b in self.blocks):
             raise UserError(
                 "padded prompts after a state put padding between the state's tokens and the prompt's, which only attention "
-                "layers skip exactly: give prompts of equal length (wavefield.states.expand_state) or answer them one at a time"
+                "layers without a short conv skip exactly: give prompts of equal length (wavefield.states.expand_state) or "
+                "answer them one at a time"
             )
         state = list(state) if state is not None else [None] * len(self.blocks)
         for i, block in enumerate(self.blocks):
@@ -332,7 +333,10 @@ class WaveFieldLM(nn.Module):
         mask = self._check_mask(attention_mask, input_ids, state)  # (B, N) bool, None without padding
         if mask is not None and not mask[:, -1].all():
             raise UserError("generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every row")
-        logits, state = self.prefill(input_ids, state, prefill_chunk, reserve=max_new_tokens, attention_mask=mask)  # (B, vocab)
+        # room for the new tokens, up to as many again as the sequence so far: beyond that a cache doubles as it grows
+        seen = input_ids.shape[1] + ((self._past(state, input_ids.shape[0]) or 0) if state is not None else 0)
+        reserve = min(max_new_tokens, seen)
+        logits, state = self.prefill(input_ids, state, prefill_chunk, reserve=reserve, attention_mask=mask)  # (B, vocab)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
             token = sample(logits.float(), temperature, top_k, top_p, generator)  # (B, 1)

@@ -29,7 +29,6 @@ from .errors import MissingError, UserError
 from .io import save_safetensors
 
 FORMAT, VERSION = "wavefield-state", "1"
-SKIPPED = ("buffer",)  # an attention state's preallocated buffer: its k and v views are what is saved
 
 
 def _bytes(t: torch.Tensor):
@@ -37,35 +36,39 @@ def _bytes(t: torch.Tensor):
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
-def fingerprint(model) -> str:
-    """sha256 of the model's config and weights (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256(model.config.to_json().encode())
-    for name, t in model.state_dict().items():
+def _sha256(tensors: dict, prefix: bytes = b"") -> str:
+    """sha256 of `prefix` and each tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256(prefix)
+    for name in sorted(tensors):
+        t = tensors[name]
         h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
         h.update(_bytes(t))
     return h.hexdigest()
 
 
-def _checksum(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(f"{name} {tensors[name].dtype} {tuple(tensors[name].shape)}".encode())
-        h.update(_bytes(tensors[name]))
-    return h.hexdigest()
+def fingerprint(model) -> str:
+    """sha256 of the model's config and weights."""
+    return _sha256(model.state_dict(), model.config.to_json().encode())
 
 
 def state_bytes(state) -> int:
     """Bytes the state holds: each entry's tensor (a KV cache's T positions, not its buffer's spare room)."""
-    return sum(v.numel() * v.element_size() for s in state for k, v in (s or {}).items() if k not in SKIPPED and v is not None)
+    return sum(v.numel() * v.element_size() for s in state for v in (s or {}).values() if isinstance(v, torch.Tensor))
+
+
+def _entries(block, s) -> dict:
+    """The entries of a layer's state that make it (the mixer's STATE_KEYS): not a KV buffer's spare memory."""
+    return {k: v for k, v in (s or {}).items() if k in block.mixer.STATE_KEYS}
 
 
 def save_state(state, path, model, tokens: int | None = None):
     """Write `state` (model.prefill's, one entry per layer) to the safetensors file `path`, atomically."""
     if not isinstance(state, (list, tuple)) or len(state) != len(model.blocks):
         raise UserError(f"a state has one entry per layer ({len(model.blocks)}), as model.prefill returns it")
+    _check(state, model, _batch(state), "the state to save")
     layout, tensors = [], {}
-    for i, s in enumerate(state):
-        entries = {k: v for k, v in (s or {}).items() if k not in SKIPPED}
+    for i, (block, s) in enumerate(zip(model.blocks, state)):
+        entries = _entries(block, s)
         layout.append({k: v is not None for k, v in entries.items()})
         tensors.update({f"layers.{i}.{k}": v.detach().contiguous().cpu() for k, v in entries.items() if v is not None})
     metadata = {
@@ -74,7 +77,7 @@ def save_state(state, path, model, tokens: int | None = None):
         "model": fingerprint(model),
         "layout": json.dumps(layout),
         "tokens": json.dumps(tokens),
-        "sha256": _checksum(tensors),
+        "sha256": _sha256(tensors),
     }
     save_safetensors(tensors, path, metadata=metadata)
 
@@ -96,9 +99,23 @@ def read_metadata(path) -> dict:
     return meta
 
 
-def load_state(path, model, device=None) -> list:
+def _batch(state):
+    return next((v.shape[0] for s in state for v in (s or {}).values() if isinstance(v, torch.Tensor) and v.dim()), None)
+
+
+def _check(state, model, batch_size, what):
+    """Each layer's check_state, its ValueError a UserError naming `what`."""
+    for i, (block, s) in enumerate(zip(model.blocks, state)):
+        try:
+            block.mixer.check_state(s, batch_size)
+        except ValueError as e:
+            raise UserError(f"{what} does not fit this model (layer {i}): {e}") from None
+
+
+def load_state(path, model, device=None, batch_size: int | None = None) -> list:
     """The state saved in `path`, on `device` (default: the model's), for `model`: refused with a
-    UserError when another model (config or weights) made it, or when the file is corrupt."""
+    UserError when another model (config or weights) made it, when the file is corrupt, or
+    when it does not hold the state of `batch_size` rows (None: any batch)."""
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("model") != fingerprint(model):
@@ -106,6 +123,7 @@ def load_state(path, model, device=None) -> list:
     try:
         layout = json.loads(meta["layout"])
         ok = isinstance(layout, list) and len(layout) == len(model.blocks) and all(isinstance(e, dict) for e in layout)
+        ok = ok and all(k in block.mixer.STATE_KEYS and isinstance(v, bool) for block, e in zip(model.blocks, layout) for k, v in e.items())
     except (KeyError, ValueError, RecursionError):
         ok = False
     if not ok:
@@ -115,23 +133,24 @@ def load_state(path, model, device=None) -> list:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} cannot be read (truncated or corrupt?): {e}") from None
-    if set(tensors) != names or _checksum(tensors) != meta.get("sha256"):
+    if set(tensors) != names or _sha256(tensors) != meta.get("sha256"):
         raise UserError(f"{path} is corrupt: its tensors do not match their checksum")
     device = device if device is not None else next(model.parameters()).device
     state = [{k: tensors[f"layers.{i}.{k}"].to(device) if present else None for k, present in e.items()} for i, e in enumerate(layout)]
-    batch = next((v.shape[0] for s in state for v in s.values() if v is not None and v.dim()), None)
-    for block, s in zip(model.blocks, state):
-        try:
-            block.mixer.check_state(s, batch)
-        except ValueError as e:
-            raise UserError(f"{path} does not fit this model: {e}") from None
+    batch = _batch(state)
+    if batch_size is not None and batch != batch_size:
+        raise UserError(f"{path} holds the state of {batch} rows, {batch_size} needed here")
+    _check(state, model, batch, str(path))
     return state
 
 
 def state_tokens(path) -> int | None:
     """How many tokens the state in `path` has read (as save_state was told), or None."""
-    value = json.loads(read_metadata(path).get("tokens", "null"))
-    return value if isinstance(value, int) else None
+    try:
+        value = json.loads(read_metadata(path).get("tokens", "null"))
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def expand_state(state, batch_size: int) -> list:
@@ -141,10 +160,12 @@ def expand_state(state, batch_size: int) -> list:
     skip: answer those one at a time.)"""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    out = []
-    for s in state:
-        entries = {k: v for k, v in (s or {}).items() if k not in SKIPPED}
-        if any(v is not None and v.shape[0] != 1 for v in entries.values()):
-            raise UserError("expand_state needs a state of batch 1")
-        out.append({k: v.expand(batch_size, *v.shape[1:]).clone() if v is not None else None for k, v in entries.items()})
-    return out
+    if _batch(state) != 1:
+        raise UserError("expand_state needs a state of batch 1")
+    # tensors are repeated; a KV cache's buffer (its spare memory) is left behind: the first token after makes a new one
+    return [{k: v.expand(batch_size, *v.shape[1:]).clone() if v is not None else None for k, v in (s or {}).items() if not _spare(v)} for s in state]
+
+
+def _spare(value) -> bool:
+    """An entry of a state that is neither a tensor nor None: a KV cache's buffer."""
+    return value is not None and not isinstance(value, torch.Tensor)

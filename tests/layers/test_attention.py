@@ -113,9 +113,12 @@ def test_a_bad_padding_state_or_mask_is_refused():
     _, state = attn(torch.randn(2, 4, 16), mask=torch.tensor([[False, True, True, True]] * 2), return_state=True)
     x = torch.randn(2, 1, 16)
     for bad, needle in [
-        ({**state, "mask": state["mask"][:, :3]}, r"'mask' must be bool of shape \(2, 4\)"),
-        ({**state, "mask": state["mask"].long()}, "'mask' must be bool"),
-        ({**state, "next": state["next"][:1]}, r"'next' must be int64 of shape \(2,\)"),
+        ({**state, "mask": state["mask"][:, :3]}, r"'mask' must be a bool tensor of shape \(2, 4\)"),
+        ({**state, "mask": state["mask"].long()}, "'mask' must be a bool tensor"),
+        ({**state, "next": state["next"][:1]}, r"'next' must be an int64 tensor of shape \(2,\)"),
+        ({**state, "next": state["next"].float()}, "'next' must be an int64 tensor"),
+        ({**state, "v": state["v"][:, :, :2]}, r"'v' must be a float tensor of shape \(2, 2, 4, 8\)"),
+        ({**state, "v": None}, "'v' must be a float tensor .* got NoneType"),
         ({k: v for k, v in state.items() if k != "next"}, "both 'mask' and 'next'"),
     ]:
         with pytest.raises(ValueError, match=needle):
@@ -135,7 +138,7 @@ def test_decomposition_reproduces_the_forward():
 
 
 def test_a_bad_cache_is_refused():
-    with pytest.raises(ValueError, match="KV cache must have shape"):
+    with pytest.raises(ValueError, match="KV cache state .k. must be a float tensor of shape"):
         layer()(torch.randn(2, 1, 16), state={"k": torch.zeros(2, 3, 4, 8), "v": torch.zeros(2, 3, 4, 8)})
 
 

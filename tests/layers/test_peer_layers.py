@@ -94,7 +94,7 @@ def test_a_conv_attention_state_without_its_conv_tail_is_refused():
     mixer = layer("conv-attention")
     _, state = mixer(torch.randn(2, 5, 16), return_state=True)
     assert state["conv"].shape == (2, 3, 48)
-    with pytest.raises(ValueError, match=r"'conv' must have shape \(2, 3, 48\)"):
+    with pytest.raises(ValueError, match=r"'conv' must be a float tensor of shape \(2, 3, 48\)"):
         mixer(torch.randn(2, 1, 16), state={k: v for k, v in state.items() if k != "conv"})
 
 
@@ -138,9 +138,9 @@ def test_mamba2_starts_with_dt_log_uniform_and_a_in_range():
 def test_a_bad_mamba2_state_is_refused():
     mixer = layer("mamba2")
     _, state = mixer(torch.randn(2, 5, 16), return_state=True)
-    with pytest.raises(ValueError, match=r"'ssm' state must be a float tensor of shape \(2, 2, 8, 16\)"):
+    with pytest.raises(ValueError, match=r"'ssm' must be a float tensor of shape \(2, 2, 8, 16\)"):
         mixer(torch.randn(2, 1, 16), state={**state, "ssm": state["ssm"][:, :1]})
-    with pytest.raises(ValueError, match=r"'conv' state must have shape \(2, 3, 48\)"):
+    with pytest.raises(ValueError, match=r"'conv' must be a float tensor of shape \(2, 3, 48\)"):
         mixer(torch.randn(2, 1, 16), state={"ssm": state["ssm"]})
 
 

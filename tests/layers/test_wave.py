@@ -171,7 +171,7 @@ def test_outer_deposit_keeps_a_matrix_field_per_head():
     layer = WaveFieldAttention(24, 3, deposit="outer").eval()
     _, state = layer(torch.randn(2, 9, 24), return_state=True)
     assert state["field"].shape == (2, 3, 8, 8) and state["field"].is_complex()
-    with pytest.raises(ValueError, match="wave field state must be complex of shape"):
+    with pytest.raises(ValueError, match="wave field state .field. must be a complex tensor of shape"):
         layer(torch.randn(2, 1, 24), state={**state, "field": state["field"][..., 0]})
     with pytest.raises(ValueError, match="deposit must be one of"):
         WaveFieldAttention(24, 3, deposit="matrix")

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import conv_tail, short_conv
+from .state_check import expect_tensor
 
 
 def rotary(x: torch.Tensor, start, base: float) -> torch.Tensor:
@@ -91,23 +92,21 @@ class CausalSelfAttention(nn.Module):
         self.conv = nn.Conv1d(3 * d_model, 3 * d_model, short_conv, groups=3 * d_model) if short_conv else None
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
+    STATE_KEYS = ("k", "v", "mask", "next", "conv")  # what a state holds ("buffer", the memory k and v view, is not part of it)
+
     def check_state(self, state, batch_size: int):
-        if not isinstance(state, dict) or "k" not in state or "v" not in state:
+        if not isinstance(state, dict):
             raise ValueError("attention layer state must be a dict with 'k' and 'v' (as returned with return_state=True)")
-        k = state["k"]
-        if k.dim() != 4 or k.shape[0] != batch_size or k.shape[1] != self.n_heads or k.shape[3] != self.head_dim:
-            raise ValueError(f"attention KV cache must have shape ({batch_size}, {self.n_heads}, T, {self.head_dim}), got {tuple(k.shape)}")
+        expect_tensor(state, "k", (batch_size, self.n_heads, None, self.head_dim), "float", "attention KV cache")
+        T = state["k"].shape[2]
+        expect_tensor(state, "v", (batch_size, self.n_heads, T, self.head_dim), "float", "attention KV cache")
         if ("mask" in state) != ("next" in state):
             raise ValueError("attention state with padding must carry both 'mask' and 'next' (as returned with return_state=True)")
         if "mask" in state:
-            mask, nxt = state["mask"], state["next"]
-            if mask.dtype != torch.bool or tuple(mask.shape) != (batch_size, k.shape[2]):
-                raise ValueError(f"attention state 'mask' must be bool of shape ({batch_size}, {k.shape[2]}), got {mask.dtype} of shape {tuple(mask.shape)}")
-            if nxt.dtype != torch.int64 or tuple(nxt.shape) != (batch_size,):
-                raise ValueError(f"attention state 'next' must be int64 of shape ({batch_size},), got {nxt.dtype} of shape {tuple(nxt.shape)}")
-        conv = state.get("conv")
-        if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, 3 * self.d_model)):
-            raise ValueError(f"conv-attention state 'conv' must have shape {(batch_size, self.short_conv - 1, 3 * self.d_model)}")
+            expect_tensor(state, "mask", (batch_size, T), "bool", "attention")
+            expect_tensor(state, "next", (batch_size,), "int64", "attention")
+        if self.conv is not None:
+            expect_tensor(state, "conv", (batch_size, self.short_conv - 1, 3 * self.d_model), "float", "conv-attention")
 
     def reserve(self, state, batch_size: int, extra: int, masked: bool = False) -> dict:
         """The KV cache `state` (None: empty) with room for `extra` more tokens (reserve_cache)."""

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import conv_tail, short_conv, ssd_chunked, ssd_reference
+from .state_check import expect_tensor
 
 SCANS = ("auto", "chunked", "recurrent")  # "auto": the step for one token, chunked otherwise
 
@@ -70,15 +71,14 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1.0, 16.0)))
         self.D = nn.Parameter(torch.ones(n_heads))
 
+    STATE_KEYS = ("ssm", "conv")  # what a state of this layer holds (wavefield.states saves these)
+
     def check_state(self, state, batch_size: int):
-        if not isinstance(state, dict) or "ssm" not in state:
+        if not isinstance(state, dict):
             raise ValueError("mamba2 layer state must be a dict with an 'ssm' entry (as returned with return_state=True)")
-        expected = (batch_size, self.n_heads, self.d_state, self.head_dim)
-        if tuple(state["ssm"].shape) != expected or not state["ssm"].is_floating_point():
-            raise ValueError(f"mamba2 'ssm' state must be a float tensor of shape {expected}, got {tuple(state['ssm'].shape)}")
-        conv, channels = state.get("conv"), self.inner + 2 * self.d_state
-        if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, channels)):
-            raise ValueError(f"mamba2 'conv' state must have shape {(batch_size, self.short_conv - 1, channels)}")
+        expect_tensor(state, "ssm", (batch_size, self.n_heads, self.d_state, self.head_dim), "float", "mamba2")
+        if self.conv is not None:
+            expect_tensor(state, "conv", (batch_size, self.short_conv - 1, self.inner + 2 * self.d_state), "float", "mamba2")
 
     def forward(self, x, state=None, return_state: bool = False, mask=None):
         """x (B, N, D) -> (B, N, D); with return_state, (out, state) for exact continuation.

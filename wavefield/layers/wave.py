@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import conv_tail, gated_field, propagate_heads, propagate_outer, short_conv, wave_kernel
 from ..ops.field import FEATURE_MAPS
+from .state_check import expect_tensor
 
 ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 DEPOSITS = ("channel", "outer")
@@ -157,15 +158,15 @@ class WaveFieldAttention(nn.Module):
             return conv_state.to(qkv.dtype).transpose(1, 2)
         return qkv.new_zeros(qkv.shape[0], 3 * self.d_model, self.short_conv - 1)
 
+    STATE_KEYS = ("field", "conv")  # what a state of this layer holds (wavefield.states saves these)
+
     def check_state(self, state, batch_size: int):
-        if not isinstance(state, dict) or "field" not in state:
+        if not isinstance(state, dict):
             raise ValueError("wave layer state must be a dict with a 'field' entry (as returned with return_state=True)")
         expected = (batch_size, self.n_heads, self.head_dim) + ((self.head_dim,) if self.deposit == "outer" else ())
-        if tuple(state["field"].shape) != expected or not state["field"].is_complex():
-            raise ValueError(f"wave field state must be complex of shape {expected}, got {tuple(state['field'].shape)}")
-        conv = state.get("conv")
-        if self.conv is not None and (conv is None or tuple(conv.shape) != (batch_size, self.short_conv - 1, 3 * self.d_model)):
-            raise ValueError(f"wave conv state must have shape {(batch_size, self.short_conv - 1, 3 * self.d_model)}")
+        expect_tensor(state, "field", expected, "complex", "wave field")
+        if self.conv is not None:
+            expect_tensor(state, "conv", (batch_size, self.short_conv - 1, 3 * self.d_model), "float", "wave conv")
 
     def forward(self, x, state=None, return_state: bool = False, mask=None):
         """x (B, N, D) -> (B, N, D); with return_state, (out, state) for exact continuation.
