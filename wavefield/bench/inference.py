@@ -28,7 +28,6 @@ A call whose predicted time or memory exceeds the budget is skipped and recorded
 Ratios are between models measured in the same run, interleaved context by context.
 """
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..io import write_text_atomic
 from ..model import PREFILL_CHUNK, WaveFieldLM
 from ..states import load_state, save_state, state_bytes
 from .measure import peak_extra_mb, sync
@@ -313,11 +311,8 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
     env["load_average_after"] = machine(device).get("load_average")
     settings = {k: v for k, v in vars(s).items() if k != "records"}
     results = {"environment": env, "settings": settings, "records": s.records}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(json_path) if json_path else out_dir / "inference.json", json.dumps(results, indent=1))
-    from .inference_report import write_plots, write_report  # matplotlib is only needed here
+    from .inference_report import write_plots, write_report
+    from .report import write_results
 
-    write_text_atomic(out_dir / "inference.md", write_report(results))
-    write_plots(results, out_dir)
+    write_results(results, out_dir, json_path, "inference", write_report, write_plots)
     return results

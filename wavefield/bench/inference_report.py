@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .report import _fmt, _table
+from .report import _fmt, _table, pyplot
 
 REFERENCE = "wave"  # ratios are other model / the wave model (time, memory) or wave / other (tokens/s)
 
@@ -179,13 +179,8 @@ def write_report(results) -> str:
 
 def write_plots(results, out_dir) -> list:
     """Total time and peak memory against the context, decode tokens/s against the batch; returns the files written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return []
     records, out_dir, written = results["records"], Path(out_dir), []
     context = _done(records, "context")

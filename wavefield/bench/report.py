@@ -1,6 +1,9 @@
 """Markdown tables, target checks and PNG plots from the records of `wavefield bench speed`."""
 
+import json
 from pathlib import Path
+
+from ..io import write_text_atomic
 
 MODE_NAMES = {"forward": "forward", "backward": "forward + backward"}
 # target c's peers: the attention peers the speed targets were set against (the materialised
@@ -197,8 +200,8 @@ def write_report(results) -> str:
     return "\n".join(lines) + "\n" + "\n\n".join(sections) + "\n"
 
 
-def write_plots(results, out_dir) -> list:
-    """time vs N (log-log), memory vs N, decode latency vs context; returns the files written."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (and a note) where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -206,6 +209,23 @@ def write_plots(results, out_dir) -> list:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return None
+    return plt
+
+
+def write_results(results: dict, out_dir, json_path, stem: str, report, plots):
+    """A benchmark's results into out_dir: STEM.json (or json_path), STEM.md (report(results)) and plots(results, out_dir)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(json_path) if json_path else out_dir / f"{stem}.json", json.dumps(results, indent=1))
+    write_text_atomic(out_dir / f"{stem}.md", report(results))
+    plots(results, out_dir)
+
+
+def write_plots(results, out_dir) -> list:
+    """time vs N (log-log), memory vs N, decode latency vs context; returns the files written."""
+    plt = pyplot()
+    if plt is None:
         return []
     records, out_dir, written = results["records"], Path(out_dir), []
     mixers = [r for r in _by(records, "mixer") if not r["skipped"]]

@@ -17,18 +17,15 @@ Output: one JSON record per measurement (op, n, mode, seconds, peak_mb, skipped,
 markdown report and PNG plots.
 """
 
-import json
 import math
 import os
 import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..config import WaveFieldConfig
 from ..errors import UserError
-from ..io import write_text_atomic
 from ..layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
 from ..model import WaveFieldLM
 from ..states import state_bytes
@@ -377,11 +374,7 @@ def run_speed(s: Settings, out_dir, json_path=None) -> dict:
         steps[part](s, device)
     env["load_average_after"] = environment(s, device).get("load_average")
     results = {"environment": env, "records": s.records}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(json_path) if json_path else out_dir / "speed.json", json.dumps(results, indent=1))
-    from .report import write_plots, write_report  # matplotlib is only needed here
+    from .report import write_plots, write_report, write_results
 
-    write_text_atomic(out_dir / "speed.md", write_report(results))
-    write_plots(results, out_dir)
+    write_results(results, out_dir, json_path, "speed", write_report, write_plots)
     return results
