@@ -148,15 +148,18 @@ def _record(s: InferenceSettings, **rec):
 
 
 def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int, chunk):
-    """(seconds, GB) expected for n tokens: the largest measured n of the same kind scaled (n^2
-    with attention layers, n^1.1 without), and the KV caches plus a margin of activations (and,
-    read in chunks, the float mask of a chunk's queries over every key)."""
+    """(seconds, GB) expected for n tokens: the largest measured n of the same kind, its prefill
+    and its decoding each scaled by their theoretical operations (model_gflops: linear for the
+    projections and MLPs, quadratic for attention), and the KV caches plus a margin of
+    activations (and, read in chunks, the float mask of a chunk's queries over every key)."""
     done = [r for r in s.records if r["kind"] == kind and r["model"] == name and not r["skipped"] and r.get("batch", 1) == batch]
     seconds = None
     if done:
         last = max(done, key=lambda r: r["context"])
-        power = 2 if any(t in KV_LAYERS for t in cfg.layer_types) else 1.1
-        seconds = last["total_s"] * (n / last["context"]) ** power
+        now, then = model_gflops(cfg, n), model_gflops(cfg, last["context"])
+        decoded = last["decode_s_per_token"] * (last["new_tokens"] - 1)  # the tokens after the first
+        first = last["total_s"] - last["prefill_s"] - decoded  # the last prompt token and the first sample
+        seconds = last["prefill_s"] * now["prefill_gflops"] / then["prefill_gflops"] + first + decoded * now["decode_gflops"] / then["decode_gflops"]
     activations = 4 * batch * min(chunk or n, n) * 16 * cfg.d_model
     masks = 4 * batch * min(chunk, n) * n if chunk else 0  # one pass without padding: causal SDPA, no mask
     gb = (kv_bytes(cfg, n, batch) + activations + masks) / 1e9
