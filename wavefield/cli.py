@@ -416,6 +416,14 @@ def run_speed(args) -> int:
     ):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
+    bounds = [  # what the command would be asked to allocate: refused before it tries
+        ("--lengths, --decode-contexts, --train-lengths, --long-length", max((*s.lengths, *s.decode_contexts, *s.train_lengths, s.long_length)), 2**22),
+        ("--d-model", s.d_model, 2**14),
+        ("--batch", s.batch, 4096),
+    ]
+    for flag, value, most in bounds:
+        if value > most:
+            raise UserError(f"{flag} must be at most {most:,}, got {value:,}")
     if s.d_model % s.n_heads or (s.d_model // s.n_heads) % 2:
         raise UserError(f"--d-model {s.d_model} must split into --n-heads {s.n_heads} heads of even size")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -77,7 +77,16 @@ def test_budget_skips_instead_of_running(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,needle", [(["--lengths", "12,x"], "--lengths"), (["--ops", "flash"], "flash"), (["--d-model", "30", "--n-heads", "4"], "--d-model")]
+    "args,needle",
+    [
+        (["--lengths", "12,x"], "--lengths"),
+        (["--ops", "flash"], "flash"),
+        (["--d-model", "30", "--n-heads", "4"], "--d-model"),
+        (["--lengths", "99999999999"], "must be at most 4,194,304"),  # was a 12.8 TB allocation attempt and a traceback
+        (["--long-length", "99999999999"], "must be at most 4,194,304"),
+        (["--d-model", "1000000000"], "--d-model must be at most"),
+        (["--max-seconds", "nan"], "must be > 0"),
+    ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
     proc = subprocess.run([sys.executable, "-m", "wavefield.cli", "bench", "speed", "--quick", "--out", str(tmp_path), *args], capture_output=True, text=True)
