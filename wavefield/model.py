@@ -316,7 +316,8 @@ class WaveFieldLM(nn.Module):
         """Yield the next tokens (B, 1) one by one, decoding from the recurrent state / KV cache.
 
         The prompt is read by prefill (in pieces of prefill_chunk tokens, its last position's
-        logits only, room for max_new_tokens in every KV cache), continuing from `state` when
+        logits only, room in every KV cache for max_new_tokens, at most the sequence's length
+        again: beyond that a cache doubles as it grows), continuing from `state` when
         one is given: a document's state (wavefield.states) answers a prompt without reading
         the document again. attention_mask (B, N) of 0/1 marks the real tokens of left-padded
         prompts (each row's last token must be real); the new tokens are real. eos_token_id (an
