@@ -1,6 +1,7 @@
 """The language model: exact causality, exact continuation, decoding, saving, bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,10 +9,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wavefield import WaveFieldConfig, WaveFieldLM
+from wavefield.errors import UserError
 
 
 @st.composite
-def configs(draw, layer_types=st.sampled_from(["wave", "attention"])):  # noqa: B008 (a hypothesis strategy, built once)
+def configs(draw, layer_types=st.sampled_from(["wave", "wave-outer", "attention"])):  # noqa: B008 (a hypothesis strategy, built once)
     n_heads = draw(st.sampled_from([1, 2, 4]))
     head_dim = draw(st.sampled_from([2, 4, 8]))
     n_layers = draw(st.integers(1, 3))
@@ -125,7 +127,14 @@ def test_paths_and_continuation_agree(cfg, N, cuts, seed):
 @pytest.mark.parametrize("deposit", ["channel", "outer"])
 @pytest.mark.parametrize(
     "layer_types",
-    [["wave", "wave"], ["attention", "wave"], ["wave", "attention", "conv-attention"], ["mamba2", "wave", "mamba2"], ["mamba2", "conv-attention"]],
+    [
+        ["wave", "wave"],
+        ["attention", "wave"],
+        ["wave", "wave-outer"],
+        ["wave", "attention", "conv-attention"],
+        ["mamba2", "wave", "mamba2"],
+        ["mamba2", "conv-attention"],
+    ],
 )
 def test_greedy_generate_matches_full_forward_argmax(layer_types, deposit):
     cfg = WaveFieldConfig(
@@ -321,3 +330,14 @@ def test_generate_checks_its_settings_before_reading_the_prompt():
         with pytest.raises(ValueError, match=phrase):
             model.generate(torch.zeros(1, 3, dtype=torch.long), **kwargs)
     assert calls == []  # refused before any forward pass
+
+
+def test_wave_outer_layers_take_the_recall_design_whatever_the_wave_fields_say():
+    cfg = WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, layer_types=["wave", "wave-outer"], feature_map="silu", reach_max=256.0)
+    wave, outer = (block.mixer for block in WaveFieldLM(cfg).blocks)
+    assert (wave.deposit, wave.feature_map, wave.norm) == ("channel", "silu", False)
+    assert (outer.deposit, outer.feature_map, outer.norm) == ("outer", "elu1", True)
+    assert (1 / outer.alpha).min() >= 16 * (1 - 1e-4) and (1 / wave.alpha).min() < 16  # reach_min 1 for wave layers, 16 for outer ones
+    assert outer.omega.max() <= 0.01 * math.pi / 17 * (1 + 1e-4) < wave.omega.max()
+    with pytest.raises(UserError, match="wave-outer layers"):  # the fused field stage has no outer deposits
+        WaveFieldConfig(layer_types=["wave-outer"], n_layers=1, wave_implementation="fused")

@@ -96,6 +96,7 @@ def test_a_right_padded_batch_gives_each_prompt_its_own_logits_at_its_real_posit
 KINDS = [
     (["wave"] * 2, "channel"),
     (["wave"], "outer"),
+    (["wave-outer", "wave"], "channel"),
     (["attention"] * 2, "channel"),
     (["attention", "wave"], "channel"),
     (["conv-attention"] * 2, "channel"),

@@ -14,7 +14,7 @@ from wavefield import WaveFieldConfig
 from wavefield.errors import UserError
 from wavefield.layers import CausalSelfAttention
 
-LAYERS = st.sampled_from(["wave", "attention", "conv-attention", "mamba2"])
+LAYERS = st.sampled_from(["wave", "wave-outer", "attention", "conv-attention", "mamba2"])
 
 
 @st.composite

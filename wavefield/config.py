@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass
 
 from .errors import UserError
-from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
+from .layers.wave import IMPLEMENTATIONS, OUTER_LAYER, RECOMPUTE, field_implementation
 
 # "conv-attention" is attention with the wave layer's short conv on q, k, v (kernel short_conv);
-# "mamba2" a Mamba-2 style selective state-space mixer (layers.mamba2)
-LAYER_TYPES = ("wave", "attention", "conv-attention", "mamba2")
+# "mamba2" a Mamba-2 style selective state-space mixer (layers.mamba2); "wave-outer" a wave layer
+# with the outer-product deposit of layers.wave.OUTER_LAYER (the recall layer), whatever the wave_* fields say
+LAYER_TYPES = ("wave", "wave-outer", "attention", "conv-attention", "mamba2")
 FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
@@ -117,11 +118,12 @@ class WaveFieldConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        if "wave" in self.layer_types:
-            try:
-                field_implementation(self.wave_implementation, self.wave_deposit, self.wave_norm, self.recompute)
-            except ValueError as e:
-                raise UserError(f"wave_implementation: {e}") from None
+        for kind, deposit, norm in (("wave", self.wave_deposit, self.wave_norm), ("wave-outer", OUTER_LAYER["deposit"], OUTER_LAYER["norm"])):
+            if kind in self.layer_types:
+                try:
+                    field_implementation(self.wave_implementation, deposit, norm, self.recompute)
+                except ValueError as e:
+                    raise UserError(f"wave_implementation ({kind} layers): {e}") from None
         if {"attention", "conv-attention"} & set(self.layer_types) and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
         if "conv-attention" in self.layer_types and self.short_conv < 1:

@@ -30,6 +30,7 @@ from .config import WaveFieldConfig
 from .errors import MissingError, UserError
 from .io import save_safetensors, write_text_atomic
 from .layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
+from .layers.wave import OUTER_LAYER, OUTER_REACH_MIN
 from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -85,32 +86,33 @@ class Block(nn.Module):
     def __init__(self, cfg: WaveFieldConfig, layer_index: int):
         super().__init__()
         self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        if cfg.layer_types[layer_index] == "wave":
+        kind = cfg.layer_types[layer_index]
+        if kind in ("wave", "wave-outer"):
+            if kind == "wave":
+                options = dict(deposit=cfg.wave_deposit, feature_map=cfg.feature_map, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, reach_min=cfg.reach_min)
+            else:
+                options = dict(OUTER_LAYER, reach_min=min(max(cfg.reach_min, OUTER_REACH_MIN), cfg.reach_max))
             self.mixer = WaveFieldAttention(
                 cfg.d_model,
                 cfg.n_heads,
                 short_conv=cfg.short_conv,
-                feature_map=cfg.feature_map,
-                reach_min=cfg.reach_min,
                 reach_max=cfg.reach_max,
                 path=cfg.wave_path,
                 chunk_size=cfg.chunk_size,
                 layer_index=layer_index,
                 n_layers=cfg.n_layers,
-                deposit=cfg.wave_deposit,
-                norm=cfg.wave_norm,
-                omega_scale=cfg.omega_scale,
                 gate=cfg.wave_gate,
                 tile_size=cfg.tile_size,
                 recompute=cfg.recompute,
                 implementation=cfg.wave_implementation,
+                **options,
             )
             for p in self.mixer.physical_parameters():
                 p.requires_grad_(not cfg.freeze_physics)
-        elif cfg.layer_types[layer_index] == "mamba2":
+        elif kind == "mamba2":
             self.mixer = Mamba2Mixer(cfg.d_model, cfg.n_heads, cfg.ssm_state, cfg.short_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
         else:  # "attention", or "conv-attention": the same with the short conv on q, k, v
-            conv = cfg.short_conv if cfg.layer_types[layer_index] == "conv-attention" else 0
+            conv = cfg.short_conv if kind == "conv-attention" else 0
             self.mixer = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.dropout, short_conv=conv)
         hidden = int(cfg.mlp_ratio * cfg.d_model)
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if hidden else None

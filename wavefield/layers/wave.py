@@ -43,6 +43,11 @@ ALPHA_MIN = 1e-5  # damping floor: reach can grow to 1e5 tokens, never infinite
 DEPOSITS = ("channel", "outer")
 RECOMPUTE = ("none", "field", "tile")  # what backward recomputes instead of keeping (see the constructor)
 IMPLEMENTATIONS = ("auto", "fused", "reference")  # of the field stage (see field_implementation)
+# the options of a "wave-outer" layer (config.LAYER_TYPES), the design that learns associative
+# recall (docs/recall.md): outer-product deposits of positive features (elu + 1), each head's read
+# RMS-normalised, heads that start slow (omega_scale 0.01) and reach at least OUTER_REACH_MIN tokens
+OUTER_LAYER = {"deposit": "outer", "feature_map": "elu1", "norm": True, "omega_scale": 0.01}
+OUTER_REACH_MIN = 16.0
 
 
 def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float, omega_scale: float = 1.0):
