@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from wavefield.cli import main
+from wavefield.bench.speed import mixer_gflops
 
 
 def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
@@ -61,14 +62,22 @@ def run_mixers(tmp_path, *args):
 
 
 def test_the_peer_mixers_run_with_their_flops(tmp_path):
-    """mamba2 and conv-sdpa (the quality benchmark's peers) as mixers of their own."""
-    mixer = run_mixers(tmp_path, "--ops", "mamba2,conv-sdpa", "--lengths", "64,100", "--repeats", "1", "--threads", "1")
-    expected = {(op, n, mode) for op in ("mamba2", "conv-sdpa") for n in (64, 100) for mode in ("forward", "backward")}
+    """mamba2 and conv-sdpa (the quality benchmark's peers) and the wave-outer layer as mixers of their own."""
+    mixer = run_mixers(tmp_path, "--ops", "mamba2,conv-sdpa,wave-outer", "--lengths", "64,100", "--repeats", "1", "--threads", "1")
+    expected = {(op, n, mode) for op in ("mamba2", "conv-sdpa", "wave-outer") for n in (64, 100) for mode in ("forward", "backward")}
     assert {(r["op"], r["n"], r["mode"]) for r in mixer} == expected
     assert all(r["seconds"] > 0 and r["gflops"] > 0 and not r["skipped"] for r in mixer)
     flops = {(r["op"], r["n"], r["mode"]): r["gflops"] for r in mixer}
     assert flops[("conv-sdpa", 64, "backward")] == pytest.approx(3 * flops[("conv-sdpa", 64, "forward")])
     assert flops[("mamba2", 100, "forward")] > flops[("mamba2", 64, "forward")]
+
+
+def test_the_chunked_wave_mixers_count_the_chunked_path():
+    """wave-lean runs the chunked path and recomputes it in backward (4 passes for 3); wave-outer
+    adds its d x d field to the same projections."""
+    wave, lean, outer = (mixer_gflops(op, 65536, 256, 8, 1, "backward") for op in ("wave", "wave-lean", "wave-outer"))
+    assert lean == pytest.approx(4 / 3 * wave)
+    assert wave < outer < 2 * wave
 
 
 def test_budget_skips_instead_of_running(tmp_path):

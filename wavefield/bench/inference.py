@@ -107,7 +107,7 @@ def weights_mb(model) -> float:
 
 
 KV_LAYERS = ("attention", "conv-attention")  # layer types whose state is a KV cache
-MIXER_OPS = {"wave": "wave", "attention": "sdpa", "conv-attention": "conv-sdpa", "mamba2": "mamba2"}  # bench speed's mixer of each layer type
+MIXER_OPS = {"wave": "wave", "wave-outer": "wave-outer", "attention": "sdpa", "conv-attention": "conv-sdpa", "mamba2": "mamba2"}  # bench speed's mixer of each layer type
 
 
 def kv_bytes(cfg, tokens: int, batch: int = 1) -> int:
@@ -120,6 +120,8 @@ def step_flops(cfg, kind: str, n: int) -> float:
     D, conv = cfg.d_model, 2 * cfg.short_conv
     if kind == "wave":  # in (D -> 4D), out, the conv on 3D channels, one complex multiply-add per channel
         return 10 * D * D + 3 * D * conv + 8 * D
+    if kind == "wave-outer":  # the same projections and conv; a complex d x d state per head: decay and deposit, then the read
+        return 10 * D * D + 3 * D * conv + 12 * D * cfg.head_dim
     if kind == "mamba2":  # in (D -> 2E + 2S + H), out (E -> D), the conv on E + 2S channels, h = a h + dt B x^T and C^T h
         E, S = 2 * D, cfg.ssm_state
         return 2 * D * (2 * E + 2 * S + cfg.n_heads) + 2 * E * D + (E + 2 * S) * conv + 4 * S * E

@@ -27,13 +27,14 @@ import torch
 from ..config import WaveFieldConfig
 from ..errors import UserError
 from ..layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
+from ..layers.wave import OUTER_LAYER, OUTER_REACH_MIN
 from ..model import WaveFieldLM
 from ..states import state_bytes
 from ..train import DEFAULTS, make_optimizer
 from .measure import copy_bandwidth, median, peak_extra_mb, time_call
 from .peers import LinearAttention, MaterialisedAttention, SlidingWindowAttention
 
-MIXERS = ("wave", "wave-lean", "wave-fft", "sdpa", "materialised", "sliding", "linear", "conv-sdpa", "mamba2")
+MIXERS = ("wave", "wave-lean", "wave-fft", "wave-outer", "sdpa", "materialised", "sliding", "linear", "conv-sdpa", "mamba2")
 MODES = ("forward", "backward")  # backward means forward + backward
 PARTS = ("mixer", "train", "decode", "long")
 WINDOW = 512
@@ -88,6 +89,8 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
         return WaveFieldAttention(d_model, n_heads, recompute="tile")
     if op == "wave-fft":
         return WaveFieldAttention(d_model, n_heads, path="fft")
+    if op == "wave-outer":  # the layer type "wave-outer": outer-product deposits, a d x d field per head
+        return WaveFieldAttention(d_model, n_heads, reach_min=OUTER_REACH_MIN, **OUTER_LAYER)
     if op == "sdpa":
         return CausalSelfAttention(d_model, n_heads)
     if op == "conv-sdpa":  # the layer type "conv-attention": the short conv on q, k, v, then SDPA
@@ -116,8 +119,10 @@ def mixer_gflops(
         mix = 2 * n * Q * S + 2 * n * Q * E + 4 * n * S * E  # C B^T and its product with dt x inside chunks; states in and out
     elif op.startswith("wave"):
         proj = 10 * n * D * D  # in (D -> 4D) and out (D -> D)
-        if op == "wave":
+        if op in ("wave", "wave-lean"):  # the chunked path (wave-lean recomputes it: passes below)
             mix = 2 * n * chunk * D + 8 * n * D  # Toeplitz inside chunks, carry in and out of them
+        elif op == "wave-outer":  # q k^T and its product with v inside chunks; deposits k v^T and reads q^T S, real and imaginary
+            mix = 4 * n * chunk * D + 8 * n * D * d
         else:
             n_fft = 2 * n
             mix = 2 * 2.5 * n_fft * math.log2(n_fft) * D + 3 * n_fft * D  # two real FFTs and a product
