@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from wavefield.cli import main
 from wavefield.bench.speed import mixer_gflops
+from wavefield.cli import main
 
 
 def test_bench_speed_quick_writes_records_report_and_plots(tmp_path):
