@@ -107,7 +107,13 @@ def weights_mb(model) -> float:
 
 
 KV_LAYERS = ("attention", "conv-attention")  # layer types whose state is a KV cache
-MIXER_OPS = {"wave": "wave", "wave-outer": "wave-outer", "attention": "sdpa", "conv-attention": "conv-sdpa", "mamba2": "mamba2"}  # bench speed's mixer of each layer type
+MIXER_OPS = {
+    "wave": "wave",
+    "wave-outer": "wave-outer",
+    "attention": "sdpa",
+    "conv-attention": "conv-sdpa",
+    "mamba2": "mamba2",
+}  # bench speed's mixer of each layer type
 
 
 def kv_bytes(cfg, tokens: int, batch: int = 1) -> int:
