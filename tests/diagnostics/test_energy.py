@@ -22,7 +22,7 @@ def test_field_energy_matches_the_recurrent_state(trained_run, sample_ids):
             _, state = propagate_heads(u, m.omega, m.alpha, m.phi, path="recurrent", return_state=True)
         gain = -torch.expm1(-m.alpha.detach())[None, :, None]
         assert energy[k, -1].item() == pytest.approx((gain * state).abs().pow(2).sum().item(), rel=1e-4)
-        torch.testing.assert_close(energy[k], amp[k].pow(2).sum(0) * m.head_dim, rtol=1e-4, atol=0)
+        torch.testing.assert_close(energy[k], amp[k].pow(2).sum(0) * u.shape[2], rtol=1e-4, atol=0)  # d channels a head, d * d for outer deposits
 
 
 def test_physics_summary_for_training_logs(trained_run, sample_ids):

@@ -64,17 +64,24 @@ def test_field_amplitude_starts_at_the_first_deposit(trained_run, sample_ids):
 
 
 def test_wavefronts_are_the_damped_wave_of_each_deposit(trained_run, sample_ids):
-    """front[t, h, s] = kappa_h(t - s) * |u_h[s]| for s <= t, zero after t."""
+    """front[t, h, s] = kappa_h(t - s) * |u_h[s]| for s <= t, zero after t; for outer deposits
+    kappa_h(t - s) times the match of t's read with s's key, times |v_h[s]|."""
     _, model, _ = trained_run
+    assert [m.deposit for _, m in wave_mixers(model)] == ["channel", "outer"]  # the default architecture: both kinds
     fronts = wavefronts(model, sample_ids)  # (T, L * H, N)
     N = len(sample_ids)
     xs = mixer_inputs(model, sample_ids)
-    size = torch.cat([m.decompose(xs[i][None]).deposits[0].detach().norm(dim=1) for i, m in wave_mixers(model)])  # (L * H, N)
+    size, match = [], []
+    for i, m in wave_mixers(model):
+        t = m.decompose(xs[i][None])
+        size.append((t.deposits if t.values is None else t.values)[0].detach().norm(dim=1))  # (H, N)
+        match.append(torch.ones(m.n_heads, N, N) if t.values is None else torch.einsum("hdt,hds->hts", t.read[0], t.keys[0]).detach())
+    size, match = torch.cat(size), torch.cat(match)  # (L * H, N), (L * H, t, s)
     lag = torch.arange(N)[:, None] - torch.arange(N)[None, :]  # (t, s)
     rows = []
     for r in head_table(head_physics(model)):
         kappa = -math.expm1(-r["alpha"]) * torch.exp(-r["alpha"] * lag.double()) * torch.cos(r["omega"] * lag.double() + r["phi"])
         rows.append(torch.where(lag >= 0, kappa, 0.0))
-    expected = torch.stack(rows, dim=1) * size.double()[None]  # (t, row, s)
+    expected = torch.stack(rows, dim=1) * match.transpose(0, 1).double() * size.double()[None]  # (t, row, s)
     assert fronts.shape == (N, 8, N)
     torch.testing.assert_close(fronts.double(), expected, rtol=1e-4, atol=1e-6)

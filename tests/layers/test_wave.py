@@ -201,27 +201,37 @@ def test_bfloat16_autocast_training_stays_close_to_float32():
 
 
 @pytest.mark.parametrize(
-    "gate,norm,short_conv,feature_map", [(True, False, 4, "identity"), (False, False, 0, "silu"), (True, True, 3, "elu1"), (False, True, 4, "identity")]
+    "gate,norm,short_conv,feature_map,deposit",
+    [
+        (True, False, 4, "identity", "channel"),
+        (False, False, 0, "silu", "channel"),
+        (True, True, 3, "elu1", "channel"),
+        (False, True, 4, "identity", "channel"),
+        (True, True, 4, "elu1", "outer"),
+        (False, False, 0, "silu", "outer"),
+    ],
 )
-def test_decomposition_reproduces_the_forward(gate, norm, short_conv, feature_map):
-    """out_proj(gate * read * Re(exp(i phi) field)) is the layer's output; the wave is the kernel
-    applied to the deposits; the field's last position is gain times the state forward carries out."""
+def test_decomposition_reproduces_the_forward(gate, norm, short_conv, feature_map, deposit):
+    """out_proj(gate * read * Re(exp(i phi) field)) is the layer's output (for outer deposits the
+    read contracts each head's d x d field, and equally weights times values); the wave is the
+    kernel applied to the deposits; the field's last position is gain times the state forward carries out."""
     torch.manual_seed(5)
-    layer = WaveFieldAttention(24, 3, short_conv=short_conv, feature_map=feature_map, gate=gate, norm=norm, chunk_size=8).eval()
+    layer = WaveFieldAttention(24, 3, short_conv=short_conv, feature_map=feature_map, gate=gate, norm=norm, chunk_size=8, deposit=deposit).eval()
     with torch.no_grad():
         layer.phi.normal_()
         x = torch.randn(2, 37, 24)
         out, state = layer(x, return_state=True)
         t = layer.decompose(x)
     B, N, D = x.shape
-    assert t.deposits.shape == t.field.shape == t.read.shape == t.gate.shape == (B, 3, 8, N) and t.kernel.shape == (3, N)
-    wave = (torch.polar(torch.ones_like(layer.phi), layer.phi)[:, None, None] * t.field).real  # (B, H, d, N)
+    C = 8 if deposit == "channel" else 64  # the field's channels per head
+    assert t.deposits.shape == t.field.shape == (B, 3, C, N) and t.read.shape == t.gate.shape == (B, 3, 8, N) and t.kernel.shape == (3, N)
+    wave = (torch.polar(torch.ones_like(layer.phi), layer.phi)[:, None, None] * t.field).real  # (B, H, C, N)
     torch.testing.assert_close(wave, torch.einsum("hts,bhds->bhdt", lower_toeplitz(t.kernel), t.deposits), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(t.field[..., -1], -torch.expm1(-layer.alpha)[:, None] * state["field"], atol=1e-5, rtol=1e-4)
-    z = (t.gate * t.read * wave).reshape(B, D, N)
-    torch.testing.assert_close(layer.out_proj(z.mT), out, atol=1e-5, rtol=1e-4)
-
-
-def test_outer_deposits_are_not_decomposed_per_channel():
-    with pytest.raises(ValueError, match="channel deposits"):
-        WaveFieldAttention(24, 3, deposit="outer").decompose(torch.randn(1, 5, 24))
+    gain = -torch.expm1(-layer.alpha)[:, None]
+    torch.testing.assert_close(t.field[..., -1], gain * state["field"].reshape(B, 3, C), atol=1e-5, rtol=1e-4)
+    if deposit == "channel":
+        z = t.gate * t.read * wave
+    else:
+        z = t.gate * torch.einsum("bhin,bhijn->bhjn", t.read, wave.view(B, 3, 8, 8, N))
+        torch.testing.assert_close(z, t.gate * torch.einsum("bhts,bhds->bhdt", t.weights, t.values), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer.out_proj(z.reshape(B, D, N).mT), out, atol=1e-5, rtol=1e-4)

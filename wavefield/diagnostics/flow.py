@@ -8,19 +8,22 @@ per earlier token:
 
     out[t] = sum_{s<=t} c[t, s],    c[t, s] = W_out(read[t] * kappa(t - s) * u[s])   # (D,)
 
+A wave layer with outer-product deposits is linear attention weighted by the wave: with read =
+gate and weights kappa(t - s) (f(q[t]) . f(k[s])) / sqrt(d) (its norm's scale included),
+c[t, s] = W_out(gate[t] * weights[t, s] * v[s]).
+
 |c[t, s]| over a row, normalised to sum 1, is the layer's "effective attention" from t to s:
 read like a transformer's attention map, and for attention layers computed the same way
 (c[t, s] = W_out(A[t, s] v[s])), so the two compare on equal terms.
 
-The field itself is complex: s[t] = lambda * s[t-1] + u[t]. Its amplitude |gain * s[t]| is the
-envelope of the wave a head carries at position t; its square summed over channels is the
-field energy there.
+The field itself is complex: s[t] = lambda * s[t-1] + u[t] (d channels per head, or d x d for
+outer deposits). Its amplitude |gain * s[t]| is the envelope of the wave a head carries at
+position t; its square summed over channels is the field energy there.
 """
 
 import torch
 
 from ..layers import WaveFieldAttention
-from ..ops import lower_toeplitz
 
 
 def wave_mixers(model):
@@ -43,7 +46,8 @@ def mixer_inputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def wave_fields(model, ids: torch.Tensor) -> list[torch.Tensor]:
-    """gain * s[t] of every wave layer for one sequence ids (N,): a list of (N, H, d) complex."""
+    """gain * s[t] of every wave layer for one sequence ids (N,): a list of (N, H, C) complex, C
+    channels per head (d, or d * d for outer deposits)."""
     xs = mixer_inputs(model, ids)
     return [m.decompose(xs[i][None]).field[0].permute(2, 0, 1) for i, m in wave_mixers(model)]
 
@@ -68,7 +72,9 @@ def mixing_terms(mixer, x: torch.Tensor):
     terms = mixer.decompose(x[None])
     if isinstance(mixer, WaveFieldAttention):
         channels = lambda t: t[0].reshape(D, N).T  # noqa: E731  (1, H, d, N) -> (N, D)
-        return channels(terms.gate * terms.read), lower_toeplitz(terms.kernel), channels(terms.deposits)
+        if terms.values is not None:  # outer deposits: the read is in the weights (its match with each key)
+            return channels(terms.gate), terms.weights[0], channels(terms.values)
+        return channels(terms.gate * terms.read), terms.weights[0], channels(terms.deposits)
     return torch.ones_like(x), terms.weights[0], terms.values[0].transpose(0, 1).reshape(N, D)
 
 

@@ -99,10 +99,6 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None, fft_size
         raise UserError("the prompt is empty")
     model = load_model(paths[-1])
     cfg = model.config
-    if cfg.wave_deposit != "channel":
-        # the field and flow figures show a field of d numbers per head (WaveFieldAttention.decompose);
-        # an outer-deposit field is a d x d matrix per head, read by the query
-        raise UserError(f"{paths[-1]}: diagnose covers wave layers with channel deposits; this model has wave_deposit={cfg.wave_deposit!r}")
     if "mamba2" in cfg.layer_types:  # the effective-attention map needs each mixer's decompose, which a mamba2 layer has not
         raise UserError(f"{paths[-1]}: diagnose covers wave and attention layers; this model has mamba2 layers ({', '.join(cfg.layer_types)})")
     ids, tokens, tokenizer = encode_prompt(paths[-1], text, cfg.vocab_size)

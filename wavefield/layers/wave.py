@@ -22,8 +22,9 @@ dict: "field", the complex wave state (B, H, d) (or (B, H, d, d) for outer depos
 Padding: with a mask, masked tokens deposit nothing and enter the short conv as zeros, so a
 left-padded batch gives each sample exactly what it gives alone (see forward).
 
-`decompose` gives the forward term by term (deposits, kernel, complex field, read, gate): what
-diagnostics read, tested to reproduce the forward.
+`decompose` gives the forward term by term (deposits, kernel, complex field, read, gate; for
+outer deposits the queries, keys and values too): what diagnostics read, tested to reproduce
+the forward.
 """
 
 import math
@@ -35,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import conv_tail, gated_field, propagate_heads, propagate_outer, short_conv, wave_kernel
+from ..ops import conv_tail, gated_field, lower_toeplitz, propagate_heads, propagate_outer, short_conv, wave_kernel
 from ..ops.field import FEATURE_MAPS
 from .state_check import expect_tensor
 
@@ -340,37 +341,65 @@ class WaveFieldAttention(nn.Module):
         return wave_kernel(self.omega, self.alpha, self.phi, n)
 
     def decompose(self, x) -> "WaveTerms":
-        """The forward of x (B, N, D) from a zero state, term by term, for channel deposits:
+        """The forward of x (B, N, D) from a zero state, term by term. For channel deposits:
 
             out = out_proj((gate * read * Re(exp(i phi) * field)).reshape(B, D, N).mT)
 
         where field = gain * s[t], s[t] = lambda s[t-1] + u[t], so Re(exp(i phi) field[t]) =
         sum_{s<=t} kappa(t - s) u[s]. The reference composition beside forward's fused op; the
-        complex field is two FFT propagations, at phase 0 (its real part) and -pi/2 (imaginary)."""
-        if self.deposit != "channel":
-            raise ValueError("decompose covers channel deposits: an outer-deposit field is a d x d matrix per head")
+        complex field is two FFT propagations, at phase 0 (its real part) and -pi/2 (imaginary).
+
+        For outer deposits u[s] = f(k[s]) v[s]^T, a d x d matrix per head (the field's d x d
+        channels flattened, entry (i, j) at i d + j), and the read-out is linear attention whose
+        scores are weighted by the wave: read = f(q) d^-0.5 (times the RMS-norm scale) reads
+        Re(exp(i phi) field[t]), or equally out = out_proj((gate * sum_s weights[t, s] v[s])
+        .reshape(B, D, N).mT) with weights[t, s] = kappa(t - s) (read[t] . f(k[s])) (WaveTerms.weights)."""
         q, k, v, g, _ = self.inputs(x)  # (B, D, N) each
-        u = self._heads(self.f(k) * v)  # (B, H, d, N)
+        fq, fk, v = self._heads(self.f(q)), self._heads(self.f(k)), self._heads(v)  # (B, H, d, N)
+        B, H, d, N = fk.shape
+        u = fk * v if self.deposit == "channel" else (fk[:, :, :, None] * v[:, :, None]).reshape(B, H, d * d, N)
         re, im = (propagate_heads(u, self.omega, self.alpha, torch.full_like(self.phi, phase), path="fft") for phase in (0.0, -math.pi / 2))
-        field = torch.complex(re, im)  # (B, H, d, N)
-        read = self._heads(self.f(q))
-        if self.norm:  # the scale of the normalised read-out, from the read it normalises
-            read = read * self._rms_scale(read * propagate_heads(u, self.omega, self.alpha, self.phi, path="fft"))
+        field = torch.complex(re, im)  # (B, H, d, N), or (B, H, d * d, N)
+        kernel = self.kernel(N)
+        if self.deposit == "channel":
+            read = fq
+            scale = self._rms_scale(read * propagate_heads(u, self.omega, self.alpha, self.phi, path="fft")) if self.norm else None
+        else:
+            read = fq * d**-0.5
+            wave = (torch.polar(torch.ones_like(self.phi), self.phi)[:, None, None] * field).real.view(B, H, d, d, N)
+            scale = self._rms_scale(torch.einsum("bhin,bhijn->bhjn", read, wave)) if self.norm else None
+        if scale is not None:  # the scale of the normalised read-out, from the read it normalises
+            read = read * scale
         gate = self._heads(torch.sigmoid(g)) if g is not None else torch.ones_like(read)
-        return WaveTerms(u, self.kernel(x.shape[1]), field, read, gate)
+        if self.deposit == "channel":
+            return WaveTerms(u, kernel, field, read, gate)
+        return WaveTerms(u, kernel, field, read, gate, keys=fk, values=v)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}, implementation={self.implementation!r}"
 
 
 class WaveTerms(NamedTuple):
-    """A wave layer's forward term by term (WaveFieldAttention.decompose), channel-major."""
+    """A wave layer's forward term by term (WaveFieldAttention.decompose), channel-major; C, the
+    field's channels per head, is d for channel deposits and d x d for outer ones."""
 
-    deposits: torch.Tensor  # u = f(k) * v (B, H, d, N)
+    deposits: torch.Tensor  # u = f(k) * v (B, H, d, N), or f(k) v^T flattened (B, H, d * d, N)
     kernel: torch.Tensor  # kappa_h(t) (H, N)
-    field: torch.Tensor  # gain * s[t] (B, H, d, N) complex: its wave, Re(exp(i phi) field) = kappa * u
-    read: torch.Tensor  # f(q) (B, H, d, N), times the RMS-norm scale where norm=True
+    field: torch.Tensor  # gain * s[t] (B, H, C, N) complex: its wave, Re(exp(i phi) field) = kappa * u
+    read: torch.Tensor  # f(q) (B, H, d, N) (times d^-0.5 for outer deposits), times the RMS-norm scale where norm=True
     gate: torch.Tensor  # sigmoid(g) (B, H, d, N); ones without the gate
+    keys: torch.Tensor | None = None  # outer deposits: f(k) (B, H, d, N)
+    values: torch.Tensor | None = None  # outer deposits: v (B, H, d, N)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """How much each earlier token s reaches t: (B, H, N, N), zero above the diagonal. Channel
+        deposits: kappa(t - s), the same for every sample; outer ones, kappa(t - s) times the
+        match of t's read with s's key."""
+        toeplitz = lower_toeplitz(self.kernel)  # (H, N, N)
+        if self.keys is None:
+            return toeplitz.expand(self.read.shape[0], -1, -1, -1)
+        return toeplitz * torch.einsum("bhdt,bhds->bhts", self.read, self.keys)
 
 
 def _plain(projection: nn.Module) -> bool:
