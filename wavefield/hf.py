@@ -9,11 +9,11 @@
 
 Tensor names: the HF model's are the native ones with the prefix "model." (native
 "blocks.0.mixer.in_proj.weight" is "model.blocks.0.mixer.in_proj.weight"); that is the only mapping.
-Layer types take transformers' names in the HF config ("wave" is "linear_attention", its name for
-recurrent layers, "attention" is "full_attention"): transformers checks them against its list.
-The peers of the quality benchmark ("conv-attention", "mamba2") have no name of their own there
-(the two it would fit are taken, and the names must map back one to one), so a model with them
-is refused: a UserError before anything is written.
+Layer types take transformers' names in the HF config's `layer_types` ("wave" and "wave-outer"
+are "linear_attention", its name for recurrent layers, "attention" is "full_attention"):
+transformers checks them against its list. The native names are kept beside them, in
+`wavefield_layer_types`. The peers of the quality benchmark ("conv-attention", "mamba2") are not
+covered yet, so a model with them is refused: a UserError before anything is written.
 
 Importing this module registers the classes with AutoConfig and AutoModelForCausalLM.
 `import wavefield` does it lazily, when transformers is imported (see wavefield/__init__.py),
@@ -48,8 +48,9 @@ from .ops.loss import IGNORE_INDEX  # noqa: E402
 
 MODEL_TYPE = "wavefield"
 # transformers' names for our layer types (its config checks layer_types against its own list)
-HF_LAYER_NAMES = {"wave": "linear_attention", "attention": "full_attention"}
-NATIVE_LAYER_NAMES = {v: k for k, v in HF_LAYER_NAMES.items()}
+HF_LAYER_NAMES = {"wave": "linear_attention", "wave-outer": "linear_attention", "attention": "full_attention"}
+# an HF config written before wavefield_layer_types existed: its layer_types read back this way
+NATIVE_LAYER_NAMES = {"linear_attention": "wave", "full_attention": "attention"}
 
 
 class WaveFieldHFConfig(PretrainedConfig):
@@ -62,7 +63,10 @@ class WaveFieldHFConfig(PretrainedConfig):
     def __init__(self, **kwargs):
         names = [f.name for f in dataclasses.fields(WaveFieldConfig)]
         native = {name: kwargs.pop(name) for name in names if name in kwargs}
-        if native.get("layer_types") is not None:
+        wavefield_layer_types = kwargs.pop("wavefield_layer_types", None)
+        if wavefield_layer_types is not None:
+            native["layer_types"] = wavefield_layer_types
+        elif native.get("layer_types") is not None:
             native["layer_types"] = [NATIVE_LAYER_NAMES.get(t, t) for t in native["layer_types"]]
         for name, value in dataclasses.asdict(WaveFieldConfig(**native)).items():
             setattr(self, name, value)
@@ -70,8 +74,9 @@ class WaveFieldHFConfig(PretrainedConfig):
         if unnamed:
             raise UserError(
                 f"layers of type {', '.join(map(repr, unnamed))} have no Hugging Face form: the transformers integration "
-                f"(export, the Auto classes) covers {' and '.join(HF_LAYER_NAMES)} layers only"
+                f"(export, the Auto classes) covers {', '.join(list(HF_LAYER_NAMES)[:-1])} and {list(HF_LAYER_NAMES)[-1]} layers only"
             )
+        self.wavefield_layer_types = list(self.layer_types)
         self.layer_types = [HF_LAYER_NAMES[t] for t in self.layer_types]
         use_cache = kwargs.pop("use_cache", True)  # transformers would take it for a generation parameter and drop it
         kwargs.setdefault("tie_word_embeddings", True)  # the output head is the embedding
@@ -80,7 +85,7 @@ class WaveFieldHFConfig(PretrainedConfig):
 
     def to_wavefield(self) -> WaveFieldConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(WaveFieldConfig)}
-        values["layer_types"] = [NATIVE_LAYER_NAMES.get(t, t) for t in values["layer_types"]]
+        values["layer_types"] = list(self.wavefield_layer_types)
         return WaveFieldConfig(**values)
 
     @classmethod

@@ -114,7 +114,7 @@ def test_export_refuses_the_peer_layers_and_writes_nothing(peer, tmp_path, capsy
     tokenizer.save(tmp_path / "model")
     fails(["export", str(tmp_path / "model"), "--out", str(tmp_path / "hf")], capsys, f"layers of type '{peer}' have no Hugging Face form")
     assert not (tmp_path / "hf").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    with pytest.raises(ValueError, match="covers wave and attention layers only"):
+    with pytest.raises(ValueError, match="covers wave, wave-outer and attention layers only"):
         WaveFieldHFConfig.from_wavefield(cfg)
 
 
