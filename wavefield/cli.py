@@ -538,7 +538,7 @@ def _comma_list(kind):
 
 
 def add_recall(benchmarks):
-    from .bench.recall import DEFAULT_KINDS, MODEL_KINDS, QUICK, RECALL_WAVE, RecallBudget
+    from .bench.recall import DEFAULT_KINDS, MODEL_KINDS, QUICK, RecallBudget
 
     p = benchmarks.add_parser("recall", help="multi-query associative recall (Zoology MQAR) for wave, transformer, hybrid and peer models")
     p.add_argument("--models", default=",".join(DEFAULT_KINDS), help=f"comma-separated model kinds from {','.join(MODEL_KINDS)} (default: %(default)s)")
@@ -558,14 +558,14 @@ def add_recall(benchmarks):
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--init-std", type=float, help="weight init std of every model (default d_model^-0.5)")
     p.add_argument("--hybrid-attention", type=_comma_list(int), help="the hybrid's attention layers, comma-separated indices (default: the last)")
-    p.add_argument("--deposit", choices=["channel", "outer"], default=RECALL_WAVE["wave_deposit"], help="wave deposit (default %(default)s)")
-    p.add_argument("--norm", action=argparse.BooleanOptionalAction, default=RECALL_WAVE["wave_norm"], help="per-head RMS norm of the wave read-out")
-    p.add_argument("--short-conv", type=int, default=RECALL_WAVE["short_conv"], help="short conv kernel size, 0 for none (default %(default)s)")
-    p.add_argument("--feature-map", choices=["identity", "silu", "elu1"], default=RECALL_WAVE["feature_map"])
-    p.add_argument("--omega-scale", type=float, default=RECALL_WAVE["omega_scale"], help="initial frequencies times this (default %(default)s)")
-    p.add_argument(
-        "--reach", default=f"{RECALL_WAVE['reach_min']:g}:{RECALL_WAVE['reach_max']:g}", help="initial reach range MIN:MAX in tokens (default %(default)s)"
-    )
+    # options of the "wave" layers (not the "wave-outer" ones); each defaults to WaveFieldConfig's
+    p.add_argument("--deposit", choices=["channel", "outer"], help="deposit of the 'wave' layers (default channel)")
+    p.add_argument("--norm", action=argparse.BooleanOptionalAction, help="per-head RMS norm of the 'wave' layers' read-out (default off)")
+    p.add_argument("--short-conv", type=int, help="short conv kernel size of the wave and hybrid models, 0 for none (default 4)")
+    p.add_argument("--feature-map", choices=["identity", "silu", "elu1"], help="feature map of the 'wave' layers (default identity)")
+    p.add_argument("--omega-scale", type=float, help="initial frequencies of the 'wave' layers times this (default 1)")
+    p.add_argument("--reach", help="initial reach range MIN:MAX in tokens (default 1:1024; 'wave-outer' layers start at 16 at least)")
+    p.add_argument("--wave-layer-types", help="comma-separated layer types of the wave model, one per layer (default: the default architecture's)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default %(default)s)")
     p.add_argument("--out", default="runs/recall", help="folder for recall.json and recall.md (default %(default)s)")
@@ -583,7 +583,7 @@ def run_recall(args) -> int:
 
     try:
         tasks = [[int(x) for x in t.split(":")] for t in args.tasks.split(",")]
-        reach = [float(x) for x in args.reach.split(":")]
+        reach = [float(x) for x in args.reach.split(":")] if args.reach is not None else [None, None]
     except ValueError:
         raise UserError("--tasks wants SEQ_LEN:PAIRS pairs such as 256:16, --reach MIN:MAX such as 16:1024") from None
     if any(len(t) != 2 for t in tasks) or len(reach) != 2:
@@ -615,6 +615,9 @@ def run_recall(args) -> int:
         "reach_min": reach[0],
         "reach_max": reach[1],
     }
+    if args.wave_layer_types is not None:
+        wave["layer_types"] = [t.strip() for t in args.wave_layer_types.split(",")]
+    wave = {k: v for k, v in wave.items() if v is not None}  # the rest: WaveFieldConfig's defaults
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -629,7 +632,7 @@ def run_recall(args) -> int:
         budget,
         wave,
         args.d_model,
-        args.n_layers,
+        len(wave["layer_types"]) if "layer_types" in wave else args.n_layers,
         args.n_heads,
         args.init_std,
         out_dir=out,
@@ -666,6 +669,7 @@ def add_quality(benchmarks):
     p.add_argument("--d-model", type=int)
     p.add_argument("--n-layers", type=int)
     p.add_argument("--n-heads", type=int)
+    p.add_argument("--wave-layer-types", help="comma-separated layer types of the wave model (default: the default architecture's)")
     p.add_argument("--data", help="corpus (default: bundled Shakespeare)")
     p.add_argument("--tokenizer", default="bpe")
     p.add_argument("--vocab-size", type=int, default=8192)
@@ -692,6 +696,9 @@ def run_quality(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder; choose another --out")
     model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads") if getattr(args, k) is not None}
+    if args.wave_layer_types is not None:
+        model["layer_types"] = [t.strip() for t in args.wave_layer_types.split(",")]
+        model.setdefault("n_layers", len(model["layer_types"]))
     models = [m for m in args.models.split(",") if m] + [f"wave-{a}" for a in args.ablations]
     try:
         bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)

@@ -16,6 +16,15 @@ FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")
 CONFIG_VERSION = 1
+
+
+def default_layer_types(n_layers: int) -> list[str]:
+    """The default architecture: wave layers, alternately "wave-outer" (the recall design, outer
+    product deposits) and "wave" (per-channel deposits), starting with "wave-outer": a recall
+    layer first lets a two-layer model learn associative recall (docs/recall.md, "One default")."""
+    return ["wave" if i % 2 else "wave-outer" for i in range(n_layers)]
+
+
 # Upper bounds, so that a hostile or mistyped config (d_model 10^9, n_layers 10^6) is refused
 # before anything is allocated; they are far above any model this library trains:
 MAX_PARAMETERS = 10**11  # 100B parameters (400 GB of float32 weights), from estimated_parameters()
@@ -42,18 +51,20 @@ class WaveFieldConfig:
     n_layers: int = 4
     n_heads: int = 4
     mlp_ratio: float = 4.0  # 0: blocks without an MLP (mixer only, as in recall benchmarks)
-    # per layer one of LAYER_TYPES; None means every layer is "wave"
+    # per layer one of LAYER_TYPES; None means default_layer_types(n_layers)
     layer_types: list[str] | None = None
     # wave, conv-attention and mamba2 layers: kernel size of the short causal depthwise conv on
     # q, k, v (on x, B, C in mamba2); 0 turns it off (conv-attention layers need >= 1)
     short_conv: int = 4
-    # wave layers: feature map f in u = f(k) * v and f(q) * y
+    # "wave layers" below are both kinds, "wave" and "wave-outer"; the fields that say "wave"
+    # layers do not touch "wave-outer" ones, which take layers.wave.OUTER_LAYER instead
+    # "wave" layers: feature map f in u = f(k) * v and f(q) * y
     feature_map: str = "identity"
     # wave layers: the reach 1/alpha of the heads at initialisation is log-spaced over
-    # [reach_min, reach_max] tokens, interleaved across layers
+    # [reach_min, reach_max] tokens, interleaved across layers ("wave-outer": reach_min >= 16)
     reach_min: float = 1.0
     reach_max: float = 1024.0
-    # wave layers: initial frequencies are omega_scale * pi / (1 + reach), in (0, 1]
+    # "wave" layers: initial frequencies are omega_scale * pi / (1 + reach), in (0, 1]
     omega_scale: float = 1.0
     # wave layers: "auto" takes the recurrence for a few tokens (decoding), chunked otherwise
     wave_path: str = "auto"
@@ -69,11 +80,11 @@ class WaveFieldConfig:
     # recompute "field" or "tile") or composed from autograd ops ("reference", any option);
     # "auto" takes the fused op where it can
     wave_implementation: str = "auto"
-    # wave layers: "channel" deposits f(k) * v (a d-vector field per head); "outer" deposits the
+    # "wave" layers: "channel" deposits f(k) * v (a d-vector field per head); "outer" deposits the
     # outer product f(k) v^T (a d x d field per head, read with f(q)); for "outer" the "fft" path
     # is the quadratic whole-sequence form and "auto" takes the chunked one
     wave_deposit: str = "channel"
-    # wave layers: RMS-normalise each head's read-out before the gate
+    # "wave" layers: RMS-normalise each head's read-out before the gate
     wave_norm: bool = False
     # wave layers: scale the read by sigmoid(g), g a fourth projection of the input
     wave_gate: bool = True
@@ -91,7 +102,7 @@ class WaveFieldConfig:
         if not 1 <= self.n_layers <= MAX_LAYERS:  # first: layer_types below is a list of n_layers entries
             raise UserError(f"n_layers must be between 1 and {MAX_LAYERS}, got {self.n_layers}")
         if self.layer_types is None:
-            self.layer_types = ["wave"] * self.n_layers
+            self.layer_types = default_layer_types(self.n_layers)
         self.layer_types = list(self.layer_types)
         checks = [
             (self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}"),

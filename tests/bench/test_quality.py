@@ -13,10 +13,13 @@ from wavefield.model import WaveFieldLM
 
 
 def test_small_preset_models_are_matched_within_five_percent():
-    configs = model_configs(["wave", "transformer", "hybrid", "conv-transformer", "mamba2", *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
+    kinds = ["wave", "transformer", "hybrid", "conv-transformer", "mamba2", "wave-channel", "wave-outer"]
+    configs = model_configs([*kinds, *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
     counts = {name: WaveFieldLM(cfg).num_parameters() for name, cfg in configs.items()}
+    assert configs["wave"].layer_types == ["wave-outer", "wave", "wave-outer", "wave", "wave-outer"]  # the default architecture
     assert configs["transformer"].layer_types == ["attention"] * 5
-    assert configs["hybrid"].layer_types == ["wave", "wave", "wave", "attention", "wave"]
+    assert configs["hybrid"].layer_types == ["wave-outer", "wave", "wave-outer", "attention", "wave-outer"]
+    assert configs["wave-channel"].layer_types == ["wave"] * 5 and configs["wave-outer"].layer_types == ["wave-outer"] * 5
     assert configs["conv-transformer"].layer_types == ["conv-attention"] * 5 and configs["mamba2"].layer_types == ["mamba2"] * 5
     for name in ("transformer", "hybrid", "conv-transformer", "mamba2"):
         assert abs(counts[name] / counts["wave"] - 1) <= MATCH_TOLERANCE
@@ -25,12 +28,22 @@ def test_small_preset_models_are_matched_within_five_percent():
     assert not configs["wave-no-gate"].wave_gate and counts["wave"] - counts["wave-no-gate"] == 5 * 256 * 256  # one D x D per layer
     assert configs["wave-single-scale"].reach_min == configs["wave-single-scale"].reach_max
     assert configs["wave-frozen"].freeze_physics and counts["wave-frozen"] == counts["wave"]
-    assert configs["wave-recall"].wave_deposit == "outer" and configs["wave-recall"].wave_norm
+    assert configs["wave-outer-deposit"].wave_deposit == "outer" and counts["wave-outer-deposit"] == counts["wave"]
+    for name in ("wave-channel", "wave-outer"):  # the same projections: matched without an MLP change
+        assert counts[name] == counts["wave"]
 
 
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model 'mamba'"):
         model_configs(["wave", "mamba"], QualityBudget(), 8192)
+
+
+def test_the_wave_model_takes_the_layer_types_it_is_given_and_the_others_keep_theirs():
+    """--wave-layer-types: a candidate architecture against the same baselines."""
+    types = ["wave", "wave-outer", "wave"]
+    configs = model_configs(["wave", "transformer", "wave-no-conv"], QualityBudget(preset="tiny"), 8192, {"layer_types": types})
+    assert configs["wave"].layer_types == configs["wave-no-conv"].layer_types == types
+    assert configs["transformer"].layer_types == ["attention"] * 3
 
 
 def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cache_dir):
@@ -54,7 +67,7 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
             assert 1 < r[split]["ppl"] < 300 and r[split]["bpb"] > 0  # bytes: a uniform guess is 256
     # the reported test loss is the saved checkpoint's
     model, tokenizer, state = load_checkpoint(records["hybrid"]["run_dir"])
-    assert state["step"] == budget["steps"] and model.config.layer_types == ["wave", "attention"]
+    assert state["step"] == budget["steps"] and model.config.layer_types == ["wave-outer", "attention"]
     data = prepare_data(load_corpus(str(corpus_dir)), "bytes", cache_dir=str(cache_dir))
     scored = evaluate_tokens(model, data.tokens["test"], budget["seq_len"], budget["batch_size"], max_windows=budget["final_windows"])
     assert summarize(scored["nll"], scored["tokens"], data.bytes_per_token("test"))["loss"] == pytest.approx(records["hybrid"]["test"]["loss"], rel=1e-5)

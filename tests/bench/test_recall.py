@@ -68,9 +68,14 @@ def test_the_model_computes_its_logits_at_chosen_positions_only():
 
 def test_model_kinds_have_the_layers_they_name():
     task = RecallTask(64, 4)
-    assert recall_config("wave", task).layer_types == ["wave", "wave"]
+    assert recall_config("wave", task).layer_types == ["wave-outer", "wave"]  # the default architecture
+    assert recall_config("wave", task).to_dict() == recall_config("wave", task, wave_norm=False).to_dict()  # with the default's options
+    assert recall_config("wave-channel", task).layer_types == ["wave", "wave"]
+    assert recall_config("wave", task, layer_types=["wave", "wave-outer"]).layer_types == ["wave", "wave-outer"]  # a candidate
+    assert recall_config("transformer", task, layer_types=["wave", "wave-outer"]).layer_types == ["attention", "attention"]
+    assert recall_config("wave-outer", task).layer_types == ["wave-outer", "wave-outer"]
     assert recall_config("transformer", task).layer_types == ["attention", "attention"]
-    assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave", "attention"]
+    assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave-outer", "wave", "attention"]
     assert recall_config("hybrid", task, hybrid_attention=(0,)).layer_types == ["attention", "wave"]
     assert recall_config("conv-transformer", task).layer_types == ["conv-attention", "conv-attention"]
     assert recall_config("mamba2", task).layer_types == ["mamba2", "mamba2"]
@@ -86,8 +91,8 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     report = json.loads((out / "recall.json").read_text())
     assert [r["model"] for r in report["records"]] == ["wave", "transformer", "hybrid"]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["task"] == "mqar-32-4" for r in report["records"])
-    assert report["records"][0]["wave_options"]["wave_deposit"] == "outer"
-    assert "| mqar-32-4 | hybrid | wave+attention |" in (out / "recall.md").read_text()
+    assert report["records"][0]["wave_options"] == {} and report["records"][0]["layer_types"] == ["wave-outer", "wave"]
+    assert "| mqar-32-4 | hybrid | wave-outer+attention |" in (out / "recall.md").read_text()
     before = (out / "recall.json").read_bytes()
     capsys.readouterr()
     assert main(args) == 2  # an earlier report is not replaced without --overwrite

@@ -22,7 +22,7 @@ class LeakyMixer(nn.Module):
         if self.leak == "mean":
             seen = x.mean(dim=1, keepdim=True)
         else:
-            seen = 1e-3 * torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)  # a faint next-token leak
+            seen = 3e-3 * torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)  # a faint next-token leak (0.3%)
         out = self.proj(x + seen)
         return (out, state) if return_state else out
 

@@ -67,7 +67,7 @@ def test_wavefronts_are_the_damped_wave_of_each_deposit(trained_run, sample_ids)
     """front[t, h, s] = kappa_h(t - s) * |u_h[s]| for s <= t, zero after t; for outer deposits
     kappa_h(t - s) times the match of t's read with s's key, times |v_h[s]|."""
     _, model, _ = trained_run
-    assert [m.deposit for _, m in wave_mixers(model)] == ["channel", "outer"]  # the default architecture: both kinds
+    assert [m.deposit for _, m in wave_mixers(model)] == ["outer", "channel"]  # the default architecture: both kinds
     fronts = wavefronts(model, sample_ids)  # (T, L * H, N)
     N = len(sample_ids)
     xs = mixer_inputs(model, sample_ids)

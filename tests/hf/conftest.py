@@ -17,7 +17,7 @@ from wavefield import WaveFieldConfig, WaveFieldLM  # noqa: E402
 from wavefield.cli import main  # noqa: E402
 
 VOCAB = 64
-LAYERS = {"wave": ["wave", "wave-outer"], "hybrid": ["wave", "attention"]}  # "wave": the default architecture
+LAYERS = {"wave": ["wave-outer", "wave"], "hybrid": ["wave", "attention"]}  # "wave": the default architecture
 
 
 def tiny_model(kind="wave", seed=0) -> WaveFieldLM:

@@ -36,7 +36,7 @@ def test_config_converts_both_ways():
 def test_both_kinds_of_wave_layer_are_linear_attention_to_transformers_and_come_back_apart():
     native = tiny_model("wave").config
     hf = WaveFieldHFConfig.from_dict(WaveFieldHFConfig.from_wavefield(native).to_dict())
-    assert hf.layer_types == ["linear_attention"] * 2 and hf.wavefield_layer_types == ["wave", "wave-outer"]
+    assert hf.layer_types == ["linear_attention"] * 2 and hf.wavefield_layer_types == ["wave-outer", "wave"]
     assert hf.to_wavefield() == native
     older = {k: v for k, v in hf.to_dict().items() if k != "wavefield_layer_types"}  # written before the field existed
     assert WaveFieldHFConfig.from_dict(older).to_wavefield().layer_types == ["wave", "wave"]

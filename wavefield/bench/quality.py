@@ -2,11 +2,13 @@
 
 Every model trains through `wavefield.train.train` on the same corpus, tokenizer, windows,
 batches (a function of seed and step) and token budget. The reference is the wave model of
-the preset; the transformer (every layer attention), the hybrid (one attention layer in
-four, counted from the first; the last layer if there are fewer than four) and the peers,
+the preset, the default architecture ("wave" layers, every second one "wave-outer"); the
+transformer (every layer attention), the hybrid (the default with one attention layer in
+four, counted from the first; the last layer if there are fewer than four), the peers,
 "conv-transformer" (every layer attention with the wave layer's short conv on q, k, v) and
-"mamba2" (every layer the Mamba-2 style state-space mixer), get the MLP width that brings
-their parameter count within 5% of it. Ablations are wave models with one
+"mamba2" (every layer the Mamba-2 style state-space mixer), and the default's two kinds of
+wave layer alone, "wave-channel" and "wave-outer", get the MLP width that brings their
+parameter count within 5% of it (recall.kind_layer_types). Ablations are wave models with one
 design choice changed (ABLATIONS); they keep the preset's MLP width.
 
 Learning rate: the same sweep for every model. Each rate in `lrs` trains `sweep_steps` steps
@@ -36,9 +38,8 @@ from ..evaluate import evaluate_tokens, summarize
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import PRESETS, TrainArgs, TrainingStopped, train
-from .recall import RECALL_WAVE, UNIFORM_KINDS
+from .recall import MODEL_KINDS, kind_layer_types
 
-MODEL_KINDS = ("wave", "transformer", "hybrid", "conv-transformer", "mamba2")
 DEFAULT_MODELS = ("wave", "transformer", "hybrid")  # what `bench quality` compares unless told
 # wave models with one design choice changed: "wave-NAME" in the list of models
 ABLATIONS = {
@@ -46,11 +47,10 @@ ABLATIONS = {
     "no-gate": {"wave_gate": False},
     "silu": {"feature_map": "silu"},
     "elu1": {"feature_map": "elu1"},
-    "outer": {"wave_deposit": "outer"},
+    "outer-deposit": {"wave_deposit": "outer"},  # on the "wave" layers too (the "wave-outer" ones have it)
     "norm": {"wave_norm": True},
     "single-scale": {"reach_min": 64.0, "reach_max": 64.0},
     "frozen": {"freeze_physics": True},
-    "recall": RECALL_WAVE,  # every option of the wave model of `bench recall` at once
 }
 MATCH_TOLERANCE = 0.05
 
@@ -84,17 +84,6 @@ class QualityBudget:
 QUICK = QualityBudget(preset="tiny", steps=6, sweep_steps=3, lrs=(3e-3, 1e-2), batch_size=4, seq_len=32, eval_interval=3, eval_windows=4, final_windows=8)
 
 
-def layer_types(kind: str, n_layers: int) -> list[str]:
-    if kind in UNIFORM_KINDS:
-        return [UNIFORM_KINDS[kind]] * n_layers
-    if kind == "hybrid":
-        types = ["attention" if (i + 1) % 4 == 0 else "wave" for i in range(n_layers)]
-        if "attention" not in types:
-            types[-1] = "attention"
-        return types
-    return ["wave"] * n_layers
-
-
 def _count(cfg: WaveFieldConfig, hidden: int) -> int:
     with torch.device("meta"):  # counts without allocating weights
         return WaveFieldLM(dataclasses.replace(cfg, mlp_ratio=(hidden + 0.5) / cfg.d_model)).num_parameters()
@@ -113,13 +102,15 @@ def match_parameters(cfg: WaveFieldConfig, target: int) -> WaveFieldConfig:
 
 
 def model_configs(models, budget: QualityBudget, vocab_size: int, model: dict | None = None) -> dict:
-    """name -> WaveFieldConfig for each requested model: one of MODEL_KINDS or "wave-ABLATION"."""
+    """name -> WaveFieldConfig for each requested model: one of MODEL_KINDS or "wave-ABLATION".
+    The wave model (and its ablations) takes the layer types of `model` where it names them;
+    every other kind has its own (recall.kind_layer_types)."""
     base = WaveFieldConfig(**{**PRESETS[budget.preset]["model"], **(model or {}), "vocab_size": vocab_size})
     target = _count(base, int(base.mlp_ratio * base.d_model))
     configs = {}
     for name in models:
         if name in MODEL_KINDS:
-            cfg = dataclasses.replace(base, layer_types=layer_types(name, base.n_layers))
+            cfg = base if name == "wave" else dataclasses.replace(base, layer_types=kind_layer_types(name, base.n_layers))
             configs[name] = cfg if name == "wave" else match_parameters(cfg, target)
         elif name.startswith("wave-") and name[5:] in ABLATIONS:
             configs[name] = dataclasses.replace(base, **ABLATIONS[name[5:]])

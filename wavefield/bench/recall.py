@@ -24,16 +24,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import WaveFieldConfig
+from ..config import WaveFieldConfig, default_layer_types
 from ..errors import UserError
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
 from ..train import lr_at, make_optimizer, set_lr
 
-MODEL_KINDS = ("wave", "transformer", "hybrid", "conv-transformer", "mamba2")
+MODEL_KINDS = ("wave", "transformer", "hybrid", "conv-transformer", "mamba2", "wave-channel", "wave-outer")
 DEFAULT_KINDS = ("wave", "transformer", "hybrid")  # what `bench recall` compares unless told
-# the model kinds that are one layer type throughout, besides "wave" (shared with bench quality)
-UNIFORM_KINDS = {"transformer": "attention", "conv-transformer": "conv-attention", "mamba2": "mamba2"}
+# the model kinds that are one layer type throughout (shared with bench quality): "wave-channel"
+# and "wave-outer" are the default's two kinds of wave layer alone
+UNIFORM_KINDS = {"transformer": "attention", "conv-transformer": "conv-attention", "mamba2": "mamba2", "wave-channel": "wave", "wave-outer": "wave-outer"}
 IGNORE = -100
 
 
@@ -78,12 +79,28 @@ class RecallBudget:
             raise UserError(f"a recall budget needs eval_every >= 0, and stop_at in (0, 1] only with a curve (eval_every > 0), got {self}")
 
 
-WAVE_KINDS = ("wave", "hybrid")  # the kinds with wave layers, which take the wave options
+WAVE_KINDS = ("wave", "hybrid", "wave-channel", "wave-outer")  # the kinds with wave layers, which take the wave options
 THRESHOLDS = (0.5, 0.9, 0.99)  # the curve reports the training sequences needed to reach each
 QUICK = RecallBudget(steps=30, batch_size=16, lrs=(3e-3,), test_examples=64)
 TASKS = (RecallTask(256, 16), RecallTask(512, 64))
-# the wave layer options that the recall benchmark uses for the wave and hybrid models
-RECALL_WAVE = {"wave_deposit": "outer", "wave_norm": True, "short_conv": 4, "feature_map": "elu1", "omega_scale": 0.01, "reach_min": 16.0, "reach_max": 1024.0}
+
+
+def kind_layer_types(kind: str, n_layers: int, attention: tuple | None = None) -> list[str]:
+    """The layer types of a model kind: "wave" is the default architecture
+    (config.default_layer_types), a kind of UNIFORM_KINDS one layer type throughout, "hybrid" the
+    default with attention at the indices `attention` (default: every fourth layer counted from
+    the first, or the last layer when there are fewer than four)."""
+    if kind in UNIFORM_KINDS:
+        return [UNIFORM_KINDS[kind]] * n_layers
+    types = default_layer_types(n_layers)
+    if kind == "wave":
+        return types
+    if kind != "hybrid":
+        raise UserError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+    attention = tuple(attention) if attention is not None else tuple(i for i in range(n_layers) if (i + 1) % 4 == 0) or (n_layers - 1,)
+    if not attention or len(set(attention)) == n_layers or not all(0 <= i < n_layers for i in attention):
+        raise UserError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
+    return ["attention" if i in attention else t for i, t in enumerate(types)]
 
 
 def mqar(n: int, task: RecallTask, generator: torch.Generator):
@@ -114,27 +131,22 @@ def recall_config(
     hybrid_attention: tuple | None = None,
     **wave,
 ) -> WaveFieldConfig:
-    """The model of `kind` for a task: all wave layers, all attention (with the short conv in
-    "conv-transformer"), all mamba2, or a hybrid whose attention layers are the indices in
-    `hybrid_attention` (default: the last layer only).
+    """The model of `kind` (kind_layer_types; a hybrid's attention layers are the indices in
+    `hybrid_attention`, default the last layer) for a task, with the default config's options.
     Blocks have no MLP by default, as in Zoology's recall models, and weights start at std
-    d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave layers."""
-    if kind not in MODEL_KINDS:
-        raise UserError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
-    attention = tuple(hybrid_attention) if hybrid_attention is not None else (n_layers - 1,)
-    if not attention or len(set(attention)) == n_layers or not all(0 <= i < n_layers for i in attention):
-        raise UserError(f"a hybrid's attention layers must be some, not all, of 0..{n_layers - 1}, got {list(attention)}")
-    hybrid = ["attention" if i in attention else "wave" for i in range(n_layers)]
-    layer_types = {"wave": ["wave"] * n_layers, "hybrid": hybrid, **{k: [t] * n_layers for k, t in UNIFORM_KINDS.items()}}[kind]
+    d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave
+    layers; its "layer_types", where given, are the wave model's (a candidate architecture)."""
+    given = wave.pop("layer_types", None)
+    layer_types = given if kind == "wave" and given is not None else kind_layer_types(kind, n_layers, hybrid_attention)
     return WaveFieldConfig(
         vocab_size=task.vocab_size,
         d_model=d_model,
-        n_layers=n_layers,
+        n_layers=len(layer_types),
         n_heads=n_heads,
         layer_types=layer_types,
         mlp_ratio=mlp_ratio,
         init_std=init_std or d_model**-0.5,
-        **{"reach_max": float(task.seq_len), **wave},
+        **wave,
     )
 
 
@@ -223,7 +235,7 @@ def bench_recall(
     (WaveFieldConfig fields) of the wave and hybrid models.
     """
     budget = budget or RecallBudget()
-    wave = dict(RECALL_WAVE if wave is None else wave)
+    wave = dict(wave or {})
     configs = {
         (task.name, kind): recall_config(
             kind, task, d_model, n_layers, n_heads, init_std=init_std, hybrid_attention=hybrid_attention, **(wave if kind in WAVE_KINDS else {})
