@@ -341,3 +341,12 @@ def test_wave_outer_layers_take_the_recall_design_whatever_the_wave_fields_say()
     assert outer.omega.max() <= 0.01 * math.pi / 17 * (1 + 1e-4) < wave.omega.max()
     with pytest.raises(UserError, match="wave-outer layers"):  # the fused field stage has no outer deposits
         WaveFieldConfig(layer_types=["wave-outer"], n_layers=1, wave_implementation="fused")
+
+
+def test_the_default_alternates_the_two_wave_layers_and_ends_with_a_channel_one():
+    assert [WaveFieldConfig(n_layers=n).layer_types for n in (1, 2, 3, 5)] == [
+        ["wave"],
+        ["wave-outer", "wave"],
+        ["wave", "wave-outer", "wave"],
+        ["wave", "wave-outer", "wave", "wave-outer", "wave"],
+    ]

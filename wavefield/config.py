@@ -19,10 +19,10 @@ CONFIG_VERSION = 1
 
 
 def default_layer_types(n_layers: int) -> list[str]:
-    """The default architecture: wave layers, alternately "wave-outer" (the recall design, outer
-    product deposits) and "wave" (per-channel deposits), starting with "wave-outer": a recall
-    layer first lets a two-layer model learn associative recall (docs/recall.md, "One default")."""
-    return ["wave" if i % 2 else "wave-outer" for i in range(n_layers)]
+    """The default architecture: wave layers, alternately "wave" (per-channel deposits) and
+    "wave-outer" (the recall design, outer-product deposits), the last layer "wave": W O W for
+    three layers, O W for two. Measured against the other orders in docs/quality.md ("One default")."""
+    return ["wave-outer" if (n_layers - 1 - i) % 2 else "wave" for i in range(n_layers)]
 
 
 # Upper bounds, so that a hostile or mistyped config (d_model 10^9, n_layers 10^6) is refused

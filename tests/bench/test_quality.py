@@ -16,9 +16,9 @@ def test_small_preset_models_are_matched_within_five_percent():
     kinds = ["wave", "transformer", "hybrid", "conv-transformer", "mamba2", "wave-channel", "wave-outer"]
     configs = model_configs([*kinds, *(f"wave-{a}" for a in ABLATIONS)], QualityBudget(), 8192)
     counts = {name: WaveFieldLM(cfg).num_parameters() for name, cfg in configs.items()}
-    assert configs["wave"].layer_types == ["wave-outer", "wave", "wave-outer", "wave", "wave-outer"]  # the default architecture
+    assert configs["wave"].layer_types == ["wave", "wave-outer", "wave", "wave-outer", "wave"]  # the default architecture
     assert configs["transformer"].layer_types == ["attention"] * 5
-    assert configs["hybrid"].layer_types == ["wave-outer", "wave", "wave-outer", "attention", "wave-outer"]
+    assert configs["hybrid"].layer_types == ["wave", "wave-outer", "wave", "attention", "wave"]
     assert configs["wave-channel"].layer_types == ["wave"] * 5 and configs["wave-outer"].layer_types == ["wave-outer"] * 5
     assert configs["conv-transformer"].layer_types == ["conv-attention"] * 5 and configs["mamba2"].layer_types == ["mamba2"] * 5
     for name in ("transformer", "hybrid", "conv-transformer", "mamba2"):

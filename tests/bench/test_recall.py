@@ -75,7 +75,7 @@ def test_model_kinds_have_the_layers_they_name():
     assert recall_config("transformer", task, layer_types=["wave", "wave-outer"]).layer_types == ["attention", "attention"]
     assert recall_config("wave-outer", task).layer_types == ["wave-outer", "wave-outer"]
     assert recall_config("transformer", task).layer_types == ["attention", "attention"]
-    assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave-outer", "wave", "attention"]
+    assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave-outer", "attention"]
     assert recall_config("hybrid", task, hybrid_attention=(0,)).layer_types == ["attention", "wave"]
     assert recall_config("conv-transformer", task).layer_types == ["conv-attention", "conv-attention"]
     assert recall_config("mamba2", task).layer_types == ["mamba2", "mamba2"]
