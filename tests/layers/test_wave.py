@@ -235,3 +235,14 @@ def test_decomposition_reproduces_the_forward(gate, norm, short_conv, feature_ma
         z = t.gate * torch.einsum("bhin,bhijn->bhjn", t.read, wave.view(B, 3, 8, 8, N))
         torch.testing.assert_close(z, t.gate * torch.einsum("bhts,bhds->bhdt", t.weights, t.values), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layer.out_proj(z.reshape(B, D, N).mT), out, atol=1e-5, rtol=1e-4)
+
+
+def test_initial_scales_are_what_the_layer_started_from():
+    layer = WaveFieldAttention(16, 4, reach_min=16.0, reach_max=512.0, omega_scale=0.01, layer_index=1, n_layers=3)
+    omega0, alpha0 = layer.initial_scales()
+    torch.testing.assert_close(layer.omega.double(), omega0, rtol=1e-5, atol=0)
+    torch.testing.assert_close(layer.alpha.double(), alpha0, rtol=1e-5, atol=0)
+    assert (1 / alpha0).min() >= 16 and omega0.max() < 0.01 * math.pi / 16
+    with torch.no_grad():
+        layer.alpha_raw.add_(1.0)
+    assert not torch.allclose(layer.alpha.double(), layer.initial_scales()[1])  # the initial values, not the current ones

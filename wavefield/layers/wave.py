@@ -132,10 +132,16 @@ class WaveFieldAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
         # the three physical parameters per head, stored unconstrained
-        omega, alpha = init_scales(n_heads, layer_index, n_layers, reach_min, reach_max, omega_scale)
+        self._init_scales = (n_heads, layer_index, n_layers, reach_min, reach_max, omega_scale)  # what initial_scales() recomputes
+        omega, alpha = init_scales(*self._init_scales)
         self.omega_raw = nn.Parameter(torch.logit(omega / math.pi).float())  # omega = pi * sigmoid
         self.alpha_raw = nn.Parameter(torch.log(torch.expm1(alpha - ALPHA_MIN)).float())  # softplus + floor
         self.phi = nn.Parameter(torch.zeros(n_heads))
+
+    def initial_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(omega, alpha) per head at initialisation (float64, before any training): what the
+        heads started from, for reports of what training moved."""
+        return init_scales(*self._init_scales)
 
     def physical_parameters(self) -> list[nn.Parameter]:
         """The three physical parameters per head, unconstrained: omega_raw, alpha_raw, phi. The

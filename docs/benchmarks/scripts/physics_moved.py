@@ -3,8 +3,7 @@
     python docs/benchmarks/scripts/physics_moved.py RUN_OR_MODEL_FOLDER [...]
 
 For every wave layer and head: the reach 1/alpha and the frequency omega at initialisation
-(wave.init_scales, the same formula the layer starts from) and after training, and phi (which
-starts at 0).
+(the layer's own initial_scales) and after training, and phi (which starts at 0).
 """
 
 import sys
@@ -13,20 +12,20 @@ import torch
 
 from wavefield.checkpoint import load_checkpoint
 from wavefield.layers import WaveFieldAttention
-from wavefield.layers.wave import init_scales
 
 for folder in sys.argv[1:]:
     model = load_checkpoint(folder)[0]
-    cfg = model.config
     print(f"# {folder}")
-    print("layer head | reach init -> trained (x) | omega init -> trained | phi")
+    print("layer head deposit (c: channel, o: outer) | reach init -> trained (x) | omega init -> trained | phi")
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
         if not isinstance(mixer, WaveFieldAttention):
             continue
-        omega0, alpha0 = init_scales(cfg.n_heads, i, cfg.n_layers, cfg.reach_min, cfg.reach_max, cfg.omega_scale)
+        omega0, alpha0 = mixer.initial_scales()
         with torch.no_grad():
             omega, alpha, phi = mixer.omega.double(), mixer.alpha.double(), mixer.phi.double()
-        for h in range(cfg.n_heads):
+        for h in range(mixer.n_heads):
             r0, r = 1 / alpha0[h].item(), 1 / alpha[h].item()
-            print(f"{i} {h} | {r0:8.2f} -> {r:8.2f} ({r / r0:5.2f}x) | {omega0[h].item():.4f} -> {omega[h].item():.4f} | {phi[h].item():+.4f}")
+            print(
+                f"{i} {h} {mixer.deposit[0]} | {r0:8.2f} -> {r:8.2f} ({r / r0:5.2f}x) | {omega0[h].item():.4f} -> {omega[h].item():.4f} | {phi[h].item():+.4f}"
+            )
