@@ -12,6 +12,7 @@ from .layers.wave import IMPLEMENTATIONS, OUTER_LAYER, RECOMPUTE, field_implemen
 # "mamba2" a Mamba-2 style selective state-space mixer (layers.mamba2); "wave-outer" a wave layer
 # with the outer-product deposit of layers.wave.OUTER_LAYER (the recall layer), whatever the wave_* fields say
 LAYER_TYPES = ("wave", "wave-outer", "attention", "conv-attention", "mamba2")
+LAYER_LETTERS = {"wave": "W", "wave-outer": "O", "attention": "A", "conv-attention": "C", "mamba2": "M"}  # for tables: W O W
 FEATURE_MAPS = ("identity", "silu", "elu1")
 WAVE_PATHS = ("auto", "fft", "chunked", "recurrent")
 WAVE_DEPOSITS = ("channel", "outer")

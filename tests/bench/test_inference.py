@@ -40,6 +40,7 @@ def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
     assert document["wave"]["file_mb"] < document["transformer"]["file_mb"]  # 200 positions of keys and values against a constant field
     assert not list(out.glob("tmp*"))  # the state files are removed
     report = (out / "inference.md").read_text()
+    assert "- wave: layers O W O W," in report  # the default architecture, one letter per layer type
     assert "Ratios to the wave model" in report and "Batched decoding" in report and "Operations at 256 tokens" in report and "read once" in report
     assert (out / "inference_context.png").stat().st_size > 0 and (out / "inference_batch.png").stat().st_size > 0
 

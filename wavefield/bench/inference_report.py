@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..config import LAYER_LETTERS
 from .report import _fmt, _table, pyplot
 
 REFERENCE = "wave"  # ratios are other model / the wave model (time, memory) or wave / other (tokens/s)
@@ -159,7 +160,7 @@ def write_report(results) -> str:
     env, records = results["environment"], results["records"]
     lines = ["# wavefield bench inference", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "models"), ""]
     lines += ["Models:", ""]
-    lines += [f"- {name}: layers {' '.join(t[0].upper() for t in m['layer_types'])}, {m['parameters']:,} parameters" for name, m in env["models"].items()]
+    lines += [f"- {name}: layers {' '.join(LAYER_LETTERS[t] for t in m['layer_types'])}, {m['parameters']:,} parameters" for name, m in env["models"].items()]
     lines.append("")
     checks = targets(records)
     if checks:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import WaveFieldConfig
+from ..config import LAYER_LETTERS, WaveFieldConfig
 from ..data import load_corpus, prepare_data
 from ..errors import UserError
 from ..evaluate import evaluate_tokens, summarize
@@ -253,7 +253,7 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         ratio = f"{r['val']['ppl'] / ref['val']['ppl']:.3f}" if ref else "-"
         speed = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
         lines.append(
-            f"| {r['model']} | {''.join(t[0].upper() for t in r['layer_types'])} | {r['parameters']:,} | {r['best_lr']:g} | "
+            f"| {r['model']} | {''.join(LAYER_LETTERS[t] for t in r['layer_types'])} | {r['parameters']:,} | {r['best_lr']:g} | "
             f"{r['val']['ppl']:.2f} | {r['val']['bpb']:.4f} | {r['test']['ppl']:.2f} | {r['test']['bpb']:.4f} | {ratio} | {speed} |"
         )
     lines += [
