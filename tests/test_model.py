@@ -9,7 +9,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wavefield import WaveFieldConfig, WaveFieldLM
-from wavefield.errors import UserError
 
 
 @st.composite
@@ -339,8 +338,8 @@ def test_wave_outer_layers_take_the_recall_design_whatever_the_wave_fields_say()
     assert (outer.deposit, outer.feature_map, outer.norm) == ("outer", "elu1", True)
     assert (1 / outer.alpha).min() >= 16 * (1 - 1e-4) and (1 / wave.alpha).min() < 16  # reach_min 1 for wave layers, 16 for outer ones
     assert outer.omega.max() <= 0.01 * math.pi / 17 * (1 + 1e-4) < wave.omega.max()
-    with pytest.raises(UserError, match="wave-outer layers"):  # the fused field stage has no outer deposits
-        WaveFieldConfig(layer_types=["wave-outer"], n_layers=1, wave_implementation="fused")
+    mixed = WaveFieldLM(WaveFieldConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, layer_types=["wave-outer", "wave"], wave_implementation="fused"))
+    assert [b.mixer.implementation for b in mixed.blocks] == ["reference", "fused"]  # wave_implementation is the "wave" layers' choice
 
 
 def test_the_default_alternates_the_two_wave_layers_and_ends_with_a_channel_one():

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import UserError
-from .layers.wave import IMPLEMENTATIONS, OUTER_LAYER, RECOMPUTE, field_implementation
+from .layers.wave import IMPLEMENTATIONS, RECOMPUTE, field_implementation
 
 # "conv-attention" is attention with the wave layer's short conv on q, k, v (kernel short_conv);
 # "mamba2" a Mamba-2 style selective state-space mixer (layers.mamba2); "wave-outer" a wave layer
@@ -77,7 +77,7 @@ class WaveFieldConfig:
     # wave layers, the memory policy of training: what backward recomputes instead of keeping:
     # "none", nothing; "field", the stage between the two projections; "tile", the whole tile
     recompute: str = "field"
-    # wave layers: the field stage as one fused op ("fused": channel deposits without wave_norm,
+    # "wave" layers: the field stage as one fused op ("fused": channel deposits without wave_norm,
     # recompute "field" or "tile") or composed from autograd ops ("reference", any option);
     # "auto" takes the fused op where it can
     wave_implementation: str = "auto"
@@ -130,12 +130,11 @@ class WaveFieldConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        for kind, deposit, norm in (("wave", self.wave_deposit, self.wave_norm), ("wave-outer", OUTER_LAYER["deposit"], OUTER_LAYER["norm"])):
-            if kind in self.layer_types:
-                try:
-                    field_implementation(self.wave_implementation, deposit, norm, self.recompute)
-                except ValueError as e:
-                    raise UserError(f"wave_implementation ({kind} layers): {e}") from None
+        if "wave" in self.layer_types:  # "wave-outer" layers take "auto" (their deposits have no fused op)
+            try:
+                field_implementation(self.wave_implementation, self.wave_deposit, self.wave_norm, self.recompute)
+            except ValueError as e:
+                raise UserError(f"wave_implementation: {e}") from None
         if {"attention", "conv-attention"} & set(self.layer_types) and (self.d_model // self.n_heads) % 2:
             raise UserError(f"attention layers need an even head size for rotary positions, got {self.d_model // self.n_heads}")
         if "conv-attention" in self.layer_types and self.short_conv < 1:

@@ -89,7 +89,14 @@ class Block(nn.Module):
         kind = cfg.layer_types[layer_index]
         if kind in ("wave", "wave-outer"):
             if kind == "wave":
-                options = dict(deposit=cfg.wave_deposit, feature_map=cfg.feature_map, norm=cfg.wave_norm, omega_scale=cfg.omega_scale, reach_min=cfg.reach_min)
+                options = dict(
+                    deposit=cfg.wave_deposit,
+                    feature_map=cfg.feature_map,
+                    norm=cfg.wave_norm,
+                    omega_scale=cfg.omega_scale,
+                    reach_min=cfg.reach_min,
+                    implementation=cfg.wave_implementation,
+                )
             else:
                 options = dict(OUTER_LAYER, reach_min=min(max(cfg.reach_min, OUTER_REACH_MIN), cfg.reach_max))
             self.mixer = WaveFieldAttention(
@@ -104,7 +111,6 @@ class Block(nn.Module):
                 gate=cfg.wave_gate,
                 tile_size=cfg.tile_size,
                 recompute=cfg.recompute,
-                implementation=cfg.wave_implementation,
                 **options,
             )
             for p in self.mixer.physical_parameters():

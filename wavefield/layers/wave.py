@@ -47,7 +47,7 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")  # of the field stage (see fiel
 # the options of a "wave-outer" layer (config.LAYER_TYPES), the design that learns associative
 # recall (docs/recall.md): outer-product deposits of positive features (elu + 1), each head's read
 # RMS-normalised, heads that start slow (omega_scale 0.01) and reach at least OUTER_REACH_MIN tokens
-OUTER_LAYER = {"deposit": "outer", "feature_map": "elu1", "norm": True, "omega_scale": 0.01}
+OUTER_LAYER = {"deposit": "outer", "feature_map": "elu1", "norm": True, "omega_scale": 0.01, "implementation": "auto"}
 OUTER_REACH_MIN = 16.0
 
 
