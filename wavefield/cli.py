@@ -554,7 +554,7 @@ def add_recall(benchmarks):
     p.add_argument("--curve-examples", type=int, help=f"test sequences each curve point scores (default {RecallBudget.curve_examples})")
     p.add_argument("--stop-at", type=float, help="end a run once its curve reaches this accuracy, e.g. 0.99 as Zoology (needs --eval-every)")
     p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--n-layers", type=int, help="layers of every model (default 2, or as many as --wave-layer-types names)")
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--init-std", type=float, help="weight init std of every model (default d_model^-0.5)")
     p.add_argument("--hybrid-attention", type=_comma_list(int), help="the hybrid's attention layers, comma-separated indices (default: the last)")
@@ -615,8 +615,12 @@ def run_recall(args) -> int:
         "reach_min": reach[0],
         "reach_max": reach[1],
     }
+    n_layers = args.n_layers or 2
     if args.wave_layer_types is not None:
         wave["layer_types"] = [t.strip() for t in args.wave_layer_types.split(",")]
+        if args.n_layers is not None and args.n_layers != len(wave["layer_types"]):
+            raise UserError(f"--n-layers {args.n_layers} but --wave-layer-types names {len(wave['layer_types'])} layers")
+        n_layers = len(wave["layer_types"])
     wave = {k: v for k, v in wave.items() if v is not None}  # the rest: WaveFieldConfig's defaults
     try:
         device = torch.device(args.device)
@@ -632,7 +636,7 @@ def run_recall(args) -> int:
         budget,
         wave,
         args.d_model,
-        len(wave["layer_types"]) if "layer_types" in wave else args.n_layers,
+        n_layers,
         args.n_heads,
         args.init_std,
         out_dir=out,

@@ -64,7 +64,10 @@ class WaveFieldHFConfig(PretrainedConfig):
         names = [f.name for f in dataclasses.fields(WaveFieldConfig)]
         native = {name: kwargs.pop(name) for name in names if name in kwargs}
         wavefield_layer_types = kwargs.pop("wavefield_layer_types", None)
+        hf_names = native.get("layer_types")
         if wavefield_layer_types is not None:
+            if not isinstance(wavefield_layer_types, list) or not all(isinstance(t, str) for t in wavefield_layer_types):
+                raise UserError(f"config field wavefield_layer_types must be a list of strings, got {json.dumps(wavefield_layer_types)[:40]}")
             native["layer_types"] = wavefield_layer_types
         elif native.get("layer_types") is not None:
             native["layer_types"] = [NATIVE_LAYER_NAMES.get(t, t) for t in native["layer_types"]]
@@ -78,6 +81,8 @@ class WaveFieldHFConfig(PretrainedConfig):
             )
         self.wavefield_layer_types = list(self.layer_types)
         self.layer_types = [HF_LAYER_NAMES[t] for t in self.layer_types]
+        if wavefield_layer_types is not None and hf_names is not None and hf_names != self.layer_types:
+            raise UserError(f"config fields layer_types {hf_names} and wavefield_layer_types {wavefield_layer_types} describe different layers")
         use_cache = kwargs.pop("use_cache", True)  # transformers would take it for a generation parameter and drop it
         kwargs.setdefault("tie_word_embeddings", True)  # the output head is the embedding
         super().__init__(**kwargs)

@@ -46,7 +46,7 @@ def format_description(info: dict) -> str:
     p = info["parameters"]
     lines = [f"parameters: {p['total']:,} (embedding, tied to the output head: {p['embedding (tied to output)']:,})"]
     for layer in p["layers"]:
-        lines.append(f"  layer {layer['layer']} {layer['type']:<9} mixer {layer['mixer']:>10,}  mlp {layer['mlp']:>10,}  norms {layer['norms']:>6,}")
+        lines.append(f"  layer {layer['layer']} {layer['type']:<14} mixer {layer['mixer']:>10,}  mlp {layer['mlp']:>10,}  norms {layer['norms']:>6,}")
     lines.append("config:")
     lines += [f"  {k} = {v}" for k, v in info["config"].items()]
     if info["heads"]:

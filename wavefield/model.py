@@ -30,7 +30,7 @@ from .config import WaveFieldConfig
 from .errors import MissingError, UserError
 from .io import save_safetensors, write_text_atomic
 from .layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
-from .layers.wave import OUTER_LAYER, OUTER_REACH_MIN
+from .layers.wave import outer_layer_options
 from .ops import linear_cross_entropy
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -98,7 +98,7 @@ class Block(nn.Module):
                     implementation=cfg.wave_implementation,
                 )
             else:
-                options = dict(OUTER_LAYER, reach_min=min(max(cfg.reach_min, OUTER_REACH_MIN), cfg.reach_max))
+                options = outer_layer_options(cfg.reach_min, cfg.reach_max)
             self.mixer = WaveFieldAttention(
                 cfg.d_model,
                 cfg.n_heads,

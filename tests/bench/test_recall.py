@@ -76,6 +76,7 @@ def test_model_kinds_have_the_layers_they_name():
     assert recall_config("wave-outer", task).layer_types == ["wave-outer", "wave-outer"]
     assert recall_config("transformer", task).layer_types == ["attention", "attention"]
     assert recall_config("hybrid", task, n_layers=3).layer_types == ["wave", "wave-outer", "attention"]
+    assert recall_config("hybrid", task, n_layers=5).layer_types == ["wave", "wave-outer", "wave", "wave-outer", "attention"]  # the last layer, as before
     assert recall_config("hybrid", task, hybrid_attention=(0,)).layer_types == ["attention", "wave"]
     assert recall_config("conv-transformer", task).layer_types == ["conv-attention", "conv-attention"]
     assert recall_config("mamba2", task).layer_types == ["mamba2", "mamba2"]
@@ -100,6 +101,8 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     assert len(err) == 1 and "exists" in err[0]
     assert (out / "recall.json").read_bytes() == before
     assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "recall", "--wave-layer-types", "wave,wave-outer", "--n-layers", "3", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "recall", "--wave-layer-types", "wave,bogus", "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
 

@@ -22,7 +22,9 @@ class LeakyMixer(nn.Module):
         if self.leak == "mean":
             seen = x.mean(dim=1, keepdim=True)
         else:
-            seen = 3e-3 * torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)  # a faint next-token leak (0.3%)
+            # a faint next-token leak (0.3%; at 0.1% one position of the trained default model moved
+            # its logits by 0.9e-5 of their scale, just under the audit's 1e-5 tolerance)
+            seen = 3e-3 * torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
         out = self.proj(x + seen)
         return (out, state) if return_state else out
 

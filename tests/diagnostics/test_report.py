@@ -203,7 +203,7 @@ def test_report_opens_in_chromium(report, browser):
     assert len(np.unique(np.asarray(shot).reshape(-1, 3), axis=0)) > 50  # a rendered page, not a blank one
 
 
-def test_models_it_cannot_decompose_are_refused(tmp_path, capsys):
+def test_outer_layers_are_diagnosed_and_mamba2_layers_refused(tmp_path, capsys):
     """A mamba2 layer has no decomposition: no silent figures. Outer deposits have one."""
     model = WaveFieldLM(WaveFieldConfig(vocab_size=300, d_model=16, n_layers=2, n_heads=2, layer_types=["wave-outer", "wave"], wave_deposit="outer"))
     model.save_pretrained(tmp_path / "outer")

@@ -40,6 +40,9 @@ def test_both_kinds_of_wave_layer_are_linear_attention_to_transformers_and_come_
     assert hf.to_wavefield() == native
     older = {k: v for k, v in hf.to_dict().items() if k != "wavefield_layer_types"}  # written before the field existed
     assert WaveFieldHFConfig.from_dict(older).to_wavefield().layer_types == ["wave", "wave"]
+    for bad, needle in [(5, "must be a list of strings"), (["wave", 3], "must be a list of strings"), (["attention", "wave"], "describe different layers")]:
+        with pytest.raises(ValueError, match=needle):  # a hostile or inconsistent config.json: one clear message
+            WaveFieldHFConfig.from_dict({**hf.to_dict(), "wavefield_layer_types": bad})
 
 
 def test_forward_equals_native(kind):

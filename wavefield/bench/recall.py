@@ -137,7 +137,8 @@ def recall_config(
     d_model^-0.5 unless init_std says otherwise. `wave` holds WaveFieldConfig options of the wave
     layers; its "layer_types", where given, are the wave model's (a candidate architecture)."""
     given = wave.pop("layer_types", None)
-    layer_types = given if kind == "wave" and given is not None else kind_layer_types(kind, n_layers, hybrid_attention)
+    attention = hybrid_attention if hybrid_attention is not None else (n_layers - 1,)
+    layer_types = given if kind == "wave" and given is not None else kind_layer_types(kind, n_layers, attention)
     return WaveFieldConfig(
         vocab_size=task.vocab_size,
         d_model=d_model,

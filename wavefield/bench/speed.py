@@ -27,7 +27,7 @@ import torch
 from ..config import WaveFieldConfig
 from ..errors import UserError
 from ..layers import CausalSelfAttention, Mamba2Mixer, WaveFieldAttention
-from ..layers.wave import OUTER_LAYER, OUTER_REACH_MIN
+from ..layers.wave import outer_layer_options
 from ..model import WaveFieldLM
 from ..states import state_bytes
 from ..train import DEFAULTS, make_optimizer
@@ -90,7 +90,7 @@ def make_mixer(op: str, d_model: int, n_heads: int) -> torch.nn.Module:
     if op == "wave-fft":
         return WaveFieldAttention(d_model, n_heads, path="fft")
     if op == "wave-outer":  # the layer type "wave-outer": outer-product deposits, a d x d field per head
-        return WaveFieldAttention(d_model, n_heads, reach_min=OUTER_REACH_MIN, **OUTER_LAYER)
+        return WaveFieldAttention(d_model, n_heads, **outer_layer_options(1.0, 1024.0))  # the config's default reach range
     if op == "sdpa":
         return CausalSelfAttention(d_model, n_heads)
     if op == "conv-sdpa":  # the layer type "conv-attention": the short conv on q, k, v, then SDPA

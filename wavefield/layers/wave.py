@@ -51,6 +51,12 @@ OUTER_LAYER = {"deposit": "outer", "feature_map": "elu1", "norm": True, "omega_s
 OUTER_REACH_MIN = 16.0
 
 
+def outer_layer_options(reach_min: float, reach_max: float) -> dict:
+    """A "wave-outer" layer's options for a config's reach range: OUTER_LAYER, and reach_min
+    raised to OUTER_REACH_MIN (to reach_max where that is shorter)."""
+    return dict(OUTER_LAYER, reach_min=min(max(reach_min, OUTER_REACH_MIN), reach_max))
+
+
 def init_scales(n_heads: int, layer_index: int, n_layers: int, reach_min: float, reach_max: float, omega_scale: float = 1.0):
     """Initial (omega, alpha) per head: reach 1/alpha log-spaced over [reach_min, reach_max].
 
