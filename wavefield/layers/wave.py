@@ -372,20 +372,14 @@ class WaveFieldAttention(nn.Module):
         u = fk * v if self.deposit == "channel" else (fk[:, :, :, None] * v[:, :, None]).reshape(B, H, d * d, N)
         re, im = (propagate_heads(u, self.omega, self.alpha, torch.full_like(self.phi, phase), path="fft") for phase in (0.0, -math.pi / 2))
         field = torch.complex(re, im)  # (B, H, d, N), or (B, H, d * d, N)
-        kernel = self.kernel(N)
-        if self.deposit == "channel":
-            read = fq
-            scale = self._rms_scale(read * propagate_heads(u, self.omega, self.alpha, self.phi, path="fft")) if self.norm else None
-        else:
-            read = fq * d**-0.5
-            wave = (torch.polar(torch.ones_like(self.phi), self.phi)[:, None, None] * field).real.view(B, H, d, d, N)
-            scale = self._rms_scale(torch.einsum("bhin,bhijn->bhjn", read, wave)) if self.norm else None
-        if scale is not None:  # the scale of the normalised read-out, from the read it normalises
-            read = read * scale
+        outer = self.deposit == "outer"
+        read = fq * d**-0.5 if outer else fq
+        if self.norm:  # the scale of the normalised read-out, from the read it normalises: read times the wave
+            wave = (torch.polar(torch.ones_like(self.phi), self.phi)[:, None, None] * field).real  # kappa * u
+            y = torch.einsum("bhin,bhijn->bhjn", read, wave.view(B, H, d, d, N)) if outer else read * wave
+            read = read * self._rms_scale(y)
         gate = self._heads(torch.sigmoid(g)) if g is not None else torch.ones_like(read)
-        if self.deposit == "channel":
-            return WaveTerms(u, kernel, field, read, gate)
-        return WaveTerms(u, kernel, field, read, gate, keys=fk, values=v)
+        return WaveTerms(u, self.kernel(N), field, read, gate, *((fk, v) if outer else ()))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, short_conv={self.short_conv}, deposit={self.deposit!r}, norm={self.norm}, gate={self.gate}, path={self.path!r}, recompute={self.recompute!r}, implementation={self.implementation!r}"
