@@ -193,6 +193,20 @@ def test_frozen_physics_trains_everything_but_omega_alpha_phi(tmp_path, tiny_fla
             assert not torch.equal(p, dict(fresh.named_parameters())[name])  # the rest did train
 
 
+def test_physical_lr_scale_sets_how_far_omega_alpha_phi_move(tmp_path, tiny_flags):
+    moved = {}
+    for scale in ("0", "1", "10"):
+        out = tmp_path / scale
+        assert main(["train", "--out", str(out), *tiny_flags, "--max-steps", "3", "--physical-lr-scale", scale]) == 0
+        model, _, _ = load_checkpoint(out / "checkpoint")
+        fresh = dict(type(model)(model.config).named_parameters())
+        physics = [n for n, _ in model.named_parameters() if n.endswith(("omega_raw", "alpha_raw", "phi"))]
+        moved[scale] = sum((dict(model.named_parameters())[n] - fresh[n]).abs().sum().item() for n in physics)
+    assert moved["0"] == 0 < moved["1"] < moved["10"]
+    assert main(["train", "--out", str(tmp_path / "10"), "--resume", "--max-steps", "4", "--physical-lr-scale", "1"]) == 2  # not changeable on resume
+    assert main(["train", "--out", str(tmp_path / "x"), *tiny_flags, "--physical-lr-scale", "-1"]) == 2
+
+
 def test_a_version_1_checkpoint_resumes_as_the_old_code_continued_it(tmp_path, corpus_dir):
     """tests/fixtures/v1_run: a run of 4 steps saved by wavefield 0.1.0 before the optimizer grew
     its third group (state version 1), with what that code itself gave when resumed to step 8.

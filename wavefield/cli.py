@@ -55,6 +55,7 @@ def add_train(commands):
         ("lr", float, "peak learning rate"),
         ("min_lr_ratio", float, "final learning rate / peak (default 0.1)"),
         ("weight_decay", float, "AdamW weight decay on matrices (default 0.1)"),
+        ("physical_lr_scale", float, "learning rate of each wave head's omega, alpha, phi relative to the rest (default 1)"),
         ("grad_clip", float, "gradient norm clip, 0 = off (default 1.0)"),
         ("seed", int, "seed for weights and batches (default 0)"),
         ("eval_interval", int, "steps between validations"),
@@ -616,6 +617,8 @@ def run_recall(args) -> int:
         "reach_max": reach[1],
     }
     n_layers = args.n_layers or 2
+    if args.hybrid_attention is not None and "hybrid" not in args.models.split(","):
+        raise UserError("--hybrid-attention places the hybrid's attention layers, but --models has no hybrid")
     if args.wave_layer_types is not None:
         wave["layer_types"] = [t.strip() for t in args.wave_layer_types.split(",")]
         if args.n_layers is not None and args.n_layers != len(wave["layer_types"]):
@@ -666,6 +669,7 @@ def add_quality(benchmarks):
         ("eval_interval", int),
         ("eval_windows", int),
         ("seed", int),
+        ("physical_lr_scale", float),
     ]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {getattr(d, name)}")
     p.add_argument("--final-windows", type=_count_or_all, help=f"windows of val and test scored at the end, or 'all' (default {d.final_windows})")
@@ -691,7 +695,7 @@ def run_quality(args) -> int:
     from .bench.quality import QUICK, QualityBudget, bench_quality
     from .train import TrainingStopped
 
-    names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset"]
+    names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset", "physical_lr_scale"]
     chosen = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if chosen.get("final_windows") == "all":
         chosen["final_windows"] = None  # the budget's "every window"

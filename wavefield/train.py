@@ -44,6 +44,7 @@ PRESETS = {
     "base": {"model": dict(d_model=512, n_layers=6, n_heads=8), "train": dict(seq_len=512, batch_size=32, lr=6e-4, max_steps=20000, eval_interval=500)},
 }
 # flags that may change when a run is resumed; every other one must match the checkpoint
+ADDED_ARGS = {"physical_lr_scale": 1.0}  # arguments added since checkpoints were first saved, with the value they had before
 CHANGEABLE = ("max_steps", "device", "compile", "log_physics", "eval_interval", "checkpoint_interval", "log_interval", "cache_dir", "eval_windows")
 
 
@@ -64,6 +65,7 @@ class TrainArgs:
     lr: float | None = None
     min_lr_ratio: float | None = None
     weight_decay: float | None = None
+    physical_lr_scale: float | None = None  # learning rate of omega, alpha, phi relative to the rest (default 1)
     grad_clip: float | None = None
     seed: int | None = None
     eval_interval: int | None = None
@@ -88,6 +90,7 @@ DEFAULTS = dict(
     warmup_steps=None,
     min_lr_ratio=0.1,
     weight_decay=0.1,
+    physical_lr_scale=1.0,
     grad_clip=1.0,
     seed=0,
     eval_windows=64,
@@ -121,7 +124,7 @@ def check_numbers(a: TrainArgs):
             raise UserError(f"--{name.replace('_', '-')} must be between 1 and {limits.get(name, 10**9)}, got {v}")
     if a.warmup_steps is not None and not 0 <= a.warmup_steps <= 10**9:
         raise UserError(f"--warmup-steps must be >= 0, got {a.warmup_steps}")
-    for name, lo, hi in [("lr", 0.0, 1.0), ("min_lr_ratio", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("grad_clip", 0.0, 1e6)]:
+    for name, lo, hi in [("lr", 0.0, 1.0), ("min_lr_ratio", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("physical_lr_scale", 0.0, 1e3), ("grad_clip", 0.0, 1e6)]:
         v = getattr(a, name)
         if v is not None and not (math.isfinite(v) and lo <= v <= hi and (name != "lr" or v > 0)):
             raise UserError(f"--{name.replace('_', '-')} must lie in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v}")
@@ -135,6 +138,7 @@ def check_saved_args(base: dict, ckpt: Path) -> dict:
     """The arguments saved in train_state.json, refused unless they are exactly TrainArgs'
     fields with values of their types (a damaged or foreign file otherwise fails deep inside)."""
     fields = {f.name: f.type for f in dataclasses.fields(TrainArgs)}
+    base = {**{k: v for k, v in ADDED_ARGS.items() if k not in base}, **base}  # a checkpoint from before they existed
     if base.keys() != fields.keys():
         raise UserError(
             f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's (differing: {', '.join(sorted(base.keys() ^ fields.keys()))})"
@@ -387,7 +391,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
         cfg = WaveFieldConfig(**{**PRESETS[a.preset]["model"], **a.model, "vocab_size": data.tokenizer.vocab_size})
     model = WaveFieldLM.from_pretrained(ckpt) if saved else WaveFieldLM(cfg)
     model.to(device).train()
-    optimizer = make_optimizer(model, a.lr, a.weight_decay)
+    optimizer = make_optimizer(model, a.lr, a.weight_decay, a.physical_lr_scale)
     start = 0
     if saved:
         load_training_state(ckpt, optimizer, saved, rank, model)

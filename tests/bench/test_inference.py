@@ -75,6 +75,11 @@ def test_operation_counts_follow_the_architecture():
     assert ratio > 4 * model_gflops(attention, 1024)["prefill_gflops"] / model_gflops(wave, 1024)["prefill_gflops"]  # quadratic against linear
     mamba = [WaveFieldConfig(d_model=64, n_layers=2, n_heads=4, layer_types=["mamba2"] * 2, ssm_state=s) for s in (16, 64)]
     assert model_gflops(mamba[0], 4096)["prefill_gflops"] < model_gflops(mamba[1], 4096)["prefill_gflops"]  # the config's state size counts
+    channel, outer, outer_type = (
+        WaveFieldConfig(d_model=64, n_layers=2, n_heads=4, layer_types=[t] * 2, wave_deposit=w)
+        for t, w in (("wave", "channel"), ("wave", "outer"), ("wave-outer", "channel"))
+    )
+    assert model_gflops(outer, 4096) == model_gflops(outer_type, 4096) != model_gflops(channel, 4096)  # a "wave" layer with outer deposits counts as one
 
 
 def test_targets_are_read_from_the_records():

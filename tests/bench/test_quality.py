@@ -49,7 +49,7 @@ def test_the_wave_model_takes_the_layer_types_it_is_given_and_the_others_keep_th
 def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cache_dir):
     out = tmp_path / "quality"
     flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16", "--n-layers", "2", "--n-heads", "2"]
-    assert main(["bench", "quality", "--quick", *flags, "--ablations", "no-conv", "--final-windows", "all", "--out", str(out)]) == 0
+    assert main(["bench", "quality", "--quick", *flags, "--ablations", "no-conv", "--final-windows", "all", "--physical-lr-scale", "2", "--out", str(out)]) == 0
     report = json.loads((out / "quality.json").read_text())
     records = {r["model"]: r for r in report["records"]}
     assert list(records) == ["wave", "transformer", "hybrid", "wave-no-conv"]
@@ -68,6 +68,7 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
     # the reported test loss is the saved checkpoint's
     model, tokenizer, state = load_checkpoint(records["hybrid"]["run_dir"])
     assert state["step"] == budget["steps"] and model.config.layer_types == ["wave-outer", "attention"]
+    assert budget["physical_lr_scale"] == state["args"]["physical_lr_scale"] == 2.0  # every model trained with it
     data = prepare_data(load_corpus(str(corpus_dir)), "bytes", cache_dir=str(cache_dir))
     scored = evaluate_tokens(model, data.tokens["test"], budget["seq_len"], budget["batch_size"], max_windows=budget["final_windows"])
     assert summarize(scored["nll"], scored["tokens"], data.bytes_per_token("test"))["loss"] == pytest.approx(records["hybrid"]["test"]["loss"], rel=1e-5)

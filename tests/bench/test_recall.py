@@ -103,6 +103,9 @@ def test_bench_recall_command_writes_reports_and_keeps_them(tmp_path, capsys):
     assert main(["bench", "recall", "--tasks", "30:8", "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "recall", "--wave-layer-types", "wave,wave-outer", "--n-layers", "3", "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "recall", "--wave-layer-types", "wave,bogus", "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    assert main(["bench", "recall", "--models", "wave,transformer", "--hybrid-attention", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "no hybrid" in capsys.readouterr().err
     assert main(["bench", "recall", "--device", "nowhere", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
 

@@ -141,7 +141,8 @@ def model_gflops(cfg, n: int) -> dict:
     D, V = cfg.d_model, cfg.vocab_size
     mlp = 4 * D * int(cfg.mlp_ratio * D)  # up and down, per token
     prefill = decode = 2 * D * V / 1e9  # the output head at one position
-    for kind in cfg.layer_types:
+    for layer_type in cfg.layer_types:
+        kind = "wave-outer" if layer_type == "wave" and cfg.wave_deposit == "outer" else layer_type  # a "wave" layer set to outer deposits
         mixer = mixer_gflops(MIXER_OPS[kind], n, D, cfg.n_heads, 1, "forward", chunk=cfg.chunk_size, ssm_state=cfg.ssm_state, short_conv=cfg.short_conv)
         prefill += mixer + n * mlp / 1e9
         decode += (step_flops(cfg, kind, n) + mlp) / 1e9

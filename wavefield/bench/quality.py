@@ -67,6 +67,7 @@ class QualityBudget:
     eval_windows: int = 24  # validation windows scored along the way
     final_windows: int | None = 200  # windows of val and test scored at the end (None: all)
     seed: int = 0
+    physical_lr_scale: float = 1.0  # learning rate of the wave heads' omega, alpha, phi relative to the rest
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -152,6 +153,7 @@ def _train_args(budget: QualityBudget, cfg: WaveFieldConfig, out: Path, lr: floa
         batch_size=budget.batch_size,
         lr=lr,
         seed=budget.seed,
+        physical_lr_scale=budget.physical_lr_scale,
         eval_interval=budget.eval_interval,
         eval_windows=budget.eval_windows,
         log_interval=budget.eval_interval,
