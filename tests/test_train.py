@@ -169,6 +169,8 @@ def test_info_shows_counts_config_and_heads(trained_run, capsys):
     assert main(["info", str(trained_run)]) == 0
     text = capsys.readouterr().out
     assert "omega" in text and f"{model.num_parameters():,}" in text
+    alpha0 = info["heads"][1]["alpha_init"][0]
+    assert alpha0 == pytest.approx(model.blocks[1].mixer.initial_scales()[1][0].item()) and f"{alpha0 / info['heads'][1]['alpha'][0]:6.2f}x" in text
 
 
 @pytest.mark.parametrize("preset, low, high", [("tiny", 0.9e6, 1.5e6), ("small", 5e6, 8e6), ("base", 20e6, 30e6)])

@@ -6,17 +6,21 @@ from .layers import WaveFieldAttention
 
 
 def head_physics(model) -> list[dict]:
-    """Per wave layer, the per-head omega (rad/token), alpha (1/token) and phi (rad)."""
+    """Per wave layer, the per-head omega (rad/token), alpha (1/token) and phi (rad), and the
+    omega and alpha each head started from (the layer's initial_scales; phi starts at 0)."""
     heads = []
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
         if isinstance(mixer, WaveFieldAttention):
+            omega0, alpha0 = mixer.initial_scales()
             heads.append(
                 {
                     "layer": i,
                     "omega": mixer.omega.detach().float().cpu().tolist(),
                     "alpha": mixer.alpha.detach().float().cpu().tolist(),
                     "phi": mixer.phi.detach().float().cpu().tolist(),
+                    "omega_init": omega0.float().tolist(),
+                    "alpha_init": alpha0.float().tolist(),
                 }
             )
     return heads
@@ -50,9 +54,12 @@ def format_description(info: dict) -> str:
     lines.append("config:")
     lines += [f"  {k} = {v}" for k, v in info["config"].items()]
     if info["heads"]:
-        lines.append("wave heads: omega (rad/token), alpha (1/token), phi (rad), reach = 1/alpha, period = 2 pi/omega (tokens)")
-        lines.append(f"  {'layer':>5} {'head':>4} {'omega':>9} {'alpha':>9} {'phi':>9} {'reach':>9} {'period':>9}")
+        lines.append("wave heads: omega (rad/token), alpha (1/token), phi (rad), reach = 1/alpha, period = 2 pi/omega (tokens);")
+        lines.append("  the omega and reach each head started from, and the reach trained / initial (phi starts at 0)")
+        lines.append(f"  {'layer':>5} {'head':>4} {'omega':>9} {'alpha':>9} {'phi':>9} {'reach':>9} {'period':>9} {'omega0':>9} {'reach0':>9} {'moved':>7}")
         for layer in info["heads"]:
-            for h, (w, a, f) in enumerate(zip(layer["omega"], layer["alpha"], layer["phi"])):
-                lines.append(f"  {layer['layer']:>5} {h:>4} {w:9.4f} {a:9.4f} {f:9.4f} {1 / a:9.1f} {2 * math.pi / w:9.1f}")
+            for h, (w, a, f, w0, a0) in enumerate(zip(layer["omega"], layer["alpha"], layer["phi"], layer["omega_init"], layer["alpha_init"])):
+                lines.append(
+                    f"  {layer['layer']:>5} {h:>4} {w:9.4f} {a:9.4f} {f:9.4f} {1 / a:9.1f} {2 * math.pi / w:9.1f} {w0:9.4f} {1 / a0:9.1f} {a0 / a:6.2f}x"
+                )
     return "\n".join(lines)

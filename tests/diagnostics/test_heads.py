@@ -32,6 +32,19 @@ def test_head_figures_within_physical_ranges(trained_run):
     assert {r["class"] for r in table} == {"local", "medium", "long"}
 
 
+def test_the_table_shows_what_training_moved(trained_run):
+    _, model, _ = trained_run
+    fresh = type(model)(model.config)  # the physical parameters start on a fixed grid, not at random
+    table, start = head_table(head_physics(model)), head_table(head_physics(fresh))
+    for r, r0 in zip(table, start):
+        assert r["reach_init"] == pytest.approx(r0["reach_1e"], rel=1e-5) and r["omega_init"] == pytest.approx(r0["omega"], rel=1e-5)
+        assert r["reach_moved"] == pytest.approx(r["reach_1e"] / r["reach_init"])
+        assert r0["reach_moved"] == pytest.approx(1.0, rel=1e-5)  # untrained: nothing moved
+    assert max(abs(r["reach_moved"] - 1) for r in table) > 1e-3  # training did move the reaches
+    old = [{k: rec[k] for k in ("layer", "omega", "alpha", "phi")} for rec in head_physics(model)]  # a record from before the initial scales
+    assert all(r["reach_moved"] is None and r["reach_init"] is None for r in head_table(old))
+
+
 def test_role_thresholds():
     assert [head_class(x) for x in (0.5, LOCAL_MAX - 1e-9, LOCAL_MAX, LONG_MIN - 1e-9, LONG_MIN, 1e5)] == ["local", "local", "medium", "medium", "long", "long"]
 

@@ -37,6 +37,8 @@ def test_every_output_is_written(report):
     assert data["path_agreement"]["passed"] and data["causality"]["passed"]
     assert len(data["causality"]["rows"]) == len(PROMPT)
     assert [r["class"] for r in data["heads"]] == [r["class"] for r in head_table(head_physics(model))]
+    moved = [r["reach_moved"] for r in data["heads"]]
+    assert "reach_moved</th>" in (out / "report.html").read_text() and f"from {min(moved):.3g}x to {max(moved):.3g}x" in (out / "report.html").read_text()
     assert [h["step"] for h in data["history"]] == [0, 16, 32, 48]  # the validation records of metrics.jsonl
     N = len(PROMPT)
     assert torch.tensor(data["effective_attention"]["maps"]).shape == (2, N, N)

@@ -7,6 +7,8 @@ A head's kernel is kappa(t) = gain * exp(-alpha t) cos(omega t + phi). Read off 
     reach_1pct   ln(100) / alpha              ... and to 1%
     q_factor     omega / (2 alpha)            oscillations that ring before the energy decays
                                               (the quality factor of a damped oscillator)
+    reach_moved  reach_1e / its initial value what training did to the head's scale (1: nothing;
+                                              None for records without the initial scales)
 
 and a role from reach_1e (the thresholds are LOCAL_MAX and LONG_MIN, in tokens):
 
@@ -34,10 +36,12 @@ def head_class(reach_1e: float) -> str:
 
 
 def head_table(params: list[dict]) -> list[dict]:
-    """One row per head with its physical figures, from head_physics records (wavefield.info)."""
+    """One row per head with its physical figures, from head_physics records (wavefield.info);
+    the initial omega and reach, and how far the reach moved, where the record has them."""
     rows = []
     for rec in params:
         omega, alpha, phi = (torch.tensor(rec[k], dtype=torch.float64) for k in ("omega", "alpha", "phi"))
+        omega0, alpha0 = (rec.get(k) or [None] * len(omega) for k in ("omega_init", "alpha_init"))
         energy, lost = kernel_energy(omega, alpha, phi), dissipation(alpha)
         reach_1e, reach_1pct = reach(alpha), reach(alpha, 0.01)
         for h in range(len(omega)):
@@ -55,6 +59,9 @@ def head_table(params: list[dict]) -> list[dict]:
                     "energy": energy[h].item(),
                     "dissipation": lost[h].item(),
                     "class": head_class(reach_1e[h].item()),
+                    "omega_init": omega0[h],
+                    "reach_init": 1 / alpha0[h] if alpha0[h] else None,
+                    "reach_moved": reach_1e[h].item() * alpha0[h] if alpha0[h] else None,
                 }
             )
     return rows

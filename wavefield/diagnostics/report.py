@@ -161,7 +161,13 @@ def diagnose(dirs, out=None, prompt: str | None = None, json_path=None, fft_size
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+    return f"{v:.4g}" if isinstance(v, float) else "-" if v is None else html.escape(str(v))
+
+
+def _moved(heads) -> str:
+    """' (from A x to B x over the heads)', or nothing where the initial scales are unknown."""
+    moved = [r["reach_moved"] for r in heads if r.get("reach_moved") is not None]
+    return f" (from {min(moved):.3g}x to {max(moved):.3g}x over the heads)" if moved else ""
 
 
 def _table(rows, columns) -> str:
@@ -192,10 +198,13 @@ def _model_section(report) -> str:
 
 
 def _heads_section(report, figures) -> str:
-    columns = ["layer", "head", "omega", "alpha", "phi", "period", "reach_1e", "reach_1pct", "q_factor", "energy", "dissipation", "class"]
+    columns = ["layer", "head", "omega", "omega_init", "alpha", "phi", "period", "reach_1e", "reach_init", "reach_moved", "reach_1pct"]
+    columns += ["q_factor", "energy", "dissipation", "class"]
     text = (
         f"<h2>Heads</h2><p>Roles by reach 1/alpha: <b>local</b> below {LOCAL_MAX:g} tokens, <b>medium</b> from {LOCAL_MAX:g} "
-        f"to {LONG_MIN:g}, <b>long</b> from {LONG_MIN:g}. Period 2&pi;/omega; reach to 1/e and to 1%; quality factor omega / (2 alpha).</p>"
+        f"to {LONG_MIN:g}, <b>long</b> from {LONG_MIN:g}. Period 2&pi;/omega; reach to 1/e and to 1%; quality factor omega / (2 alpha). "
+        "What training learned: omega and the reach beside the values the head started from (phi starts at 0), and "
+        f"reach_moved, the reach trained over initial{_moved(report['heads'])}.</p>"
     )
     text += _img(figures, "heads.png", "layer x head roles") + _table(report["heads"], columns)
     if "head_history.png" in figures:
