@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from wavefield.checkpoint import load_checkpoint
 from wavefield.cli import main
-from wavefield.train import lr_at, make_optimizer, param_groups, set_lr
+from wavefield.train import TrainArgs, lr_at, make_optimizer, param_groups, set_lr, train
 
 
 def read_metrics(out, kind="train"):
@@ -170,7 +170,8 @@ def test_info_shows_counts_config_and_heads(trained_run, capsys):
     text = capsys.readouterr().out
     assert "omega" in text and f"{model.num_parameters():,}" in text
     alpha0 = info["heads"][1]["alpha_init"][0]
-    assert alpha0 == pytest.approx(model.blocks[1].mixer.initial_scales()[1][0].item()) and f"{alpha0 / info['heads'][1]['alpha'][0]:6.2f}x" in text
+    fresh = type(model)(model.config)  # the physical parameters start on a fixed grid, not at random
+    assert alpha0 == pytest.approx(fresh.blocks[1].mixer.alpha[0].item()) and f"{alpha0 / info['heads'][1]['alpha'][0]:6.2f}x" in text
 
 
 @pytest.mark.parametrize("preset, low, high", [("tiny", 0.9e6, 1.5e6), ("small", 5e6, 8e6), ("base", 20e6, 30e6)])
@@ -195,7 +196,7 @@ def test_frozen_physics_trains_everything_but_omega_alpha_phi(tmp_path, tiny_fla
             assert not torch.equal(p, dict(fresh.named_parameters())[name])  # the rest did train
 
 
-def test_physical_lr_scale_sets_how_far_omega_alpha_phi_move(tmp_path, tiny_flags):
+def test_physical_lr_scale_sets_how_far_omega_alpha_phi_move(tmp_path, tiny_flags, capsys):
     moved = {}
     for scale in ("0", "1", "10"):
         out = tmp_path / scale
@@ -205,8 +206,15 @@ def test_physical_lr_scale_sets_how_far_omega_alpha_phi_move(tmp_path, tiny_flag
         physics = [n for n, _ in model.named_parameters() if n.endswith(("omega_raw", "alpha_raw", "phi"))]
         moved[scale] = sum((dict(model.named_parameters())[n] - fresh[n]).abs().sum().item() for n in physics)
     assert moved["0"] == 0 < moved["1"] < moved["10"]
+    _, _, state = load_checkpoint(tmp_path / "10")
+    assert state["args"]["physical_lr_scale"] == 10.0 and state["optimizer_param_groups"][2]["lr_scale"] == 10.0
+    capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "10"), "--resume", "--max-steps", "4", "--physical-lr-scale", "1"]) == 2  # not changeable on resume
+    assert "--physical-lr-scale 1.0 differs from the checkpoint's 10.0" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "x"), *tiny_flags, "--physical-lr-scale", "-1"]) == 2
+    assert "--physical-lr-scale must lie in [0.0, 1000.0]" in capsys.readouterr().err
+    assert train(TrainArgs(**{**state["args"], "physical_lr_scale": 0, "out": str(tmp_path / "int"), "max_steps": 2})) is not None  # from Python, an int
+    assert train(TrainArgs(out=str(tmp_path / "int"), resume=True, max_steps=3)) is not None  # saved as 0, resumed as 0.0
 
 
 def test_a_version_1_checkpoint_resumes_as_the_old_code_continued_it(tmp_path, corpus_dir):
@@ -227,7 +235,8 @@ def test_a_version_1_checkpoint_resumes_as_the_old_code_continued_it(tmp_path, c
     state["args"].update(data=str(corpus_dir), out=str(out), cache_dir=str(tmp_path / "cache"))  # the run, moved here
     state_path.write_text(json.dumps(state))
     assert read_state_json(out / "checkpoint")["step"] == 4
-    assert main(["train", "--out", str(out), "--resume", "--max-steps", "8"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "8", "--physical-lr-scale", "2"]) == 2  # it trained at 1
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "8", "--physical-lr-scale", "1"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train" and r["step"] > 4]
     expected = json.loads((fixture / "step8_losses.json").read_text())["train_losses_5_to_8"]

@@ -143,6 +143,7 @@ def check_saved_args(base: dict, ckpt: Path) -> dict:
         raise UserError(
             f"{ckpt / STATE_JSON} holds other training arguments than this wavefield's (differing: {', '.join(sorted(base.keys() ^ fields.keys()))})"
         )
+    base = {k: float(v) if type(v) is int and isinstance(0.0, fields[k]) else v for k, v in base.items()}  # a float field given as 2 is saved as 2
     wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
     if wrong:
         raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")

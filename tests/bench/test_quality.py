@@ -68,14 +68,14 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
     # the reported test loss is the saved checkpoint's
     model, tokenizer, state = load_checkpoint(records["hybrid"]["run_dir"])
     assert state["step"] == budget["steps"] and model.config.layer_types == ["wave-outer", "attention"]
-    assert budget["physical_lr_scale"] == state["args"]["physical_lr_scale"] == 2.0  # every model trained with it
+    assert budget["physical_lr_scale"] == state["args"]["physical_lr_scale"] == state["optimizer_param_groups"][2]["lr_scale"] == 2.0
     data = prepare_data(load_corpus(str(corpus_dir)), "bytes", cache_dir=str(cache_dir))
     scored = evaluate_tokens(model, data.tokens["test"], budget["seq_len"], budget["batch_size"], max_windows=budget["final_windows"])
     assert summarize(scored["nll"], scored["tokens"], data.bytes_per_token("test"))["loss"] == pytest.approx(records["hybrid"]["test"]["loss"], rel=1e-5)
     assert read_curve(out / "runs" / "hybrid" / f"lr-{records['hybrid']['best_lr']:g}", budget["batch_size"] * budget["seq_len"]) == records["hybrid"]["curve"]
     table = (out / "quality.md").read_text()
     assert all(f"| {name} |" in table for name in records)
-    assert "| wave | OW |" in table and "| hybrid | OA |" in table
+    assert "| wave | OW |" in table and "| hybrid | OA |" in table and "omega, alpha, phi at 2 x the learning rate" in table
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
     # a second comparison never writes into the first one's folder
     assert main(["bench", "quality", "--quick", *flags, "--out", str(out)]) == 2

@@ -71,6 +71,11 @@ def test_history_from_metrics_shows_the_heads_moving(trained_run):
 def test_history_skips_malformed_records_and_a_line_cut_short(tmp_path):
     rec = {"step": 5, "heads": [{"layer": 0, "omega": [1.0], "alpha": [0.1], "phi": [0.0]}]}
     odd = {"step": 7, "heads": [{"layer": 0, "omega": [1.0, 2.0], "alpha": [0.1]}]}  # not one entry per head
-    lines = [json.dumps({"step": 1, "loss": 3.0}), json.dumps(rec), json.dumps(odd), '{"step": 9, "hea']
+    init = {"step": 8, "heads": [dict(rec["heads"][0], omega_init=[1.0], alpha_init=[0.2])]}
+    short = {"step": 10, "heads": [dict(init["heads"][0], alpha_init=[])]}  # an initial scale missing
+    words = {"step": 11, "heads": [dict(init["heads"][0], alpha_init=["0.2"])]}
+    lines = [json.dumps(r) for r in ({"step": 1, "loss": 3.0}, rec, odd, init, short, words)] + ['{"step": 9, "hea']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
-    assert [h["step"] for h in metrics_history([tmp_path])] == [5]
+    history = metrics_history([tmp_path])
+    assert [h["step"] for h in history] == [5, 8]
+    assert [r["reach_moved"] for h in history for r in head_table(h["heads"])] == [None, pytest.approx(2.0)]  # reach 10 from 5

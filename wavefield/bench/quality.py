@@ -76,6 +76,8 @@ class QualityBudget:
             raise UserError(f"a quality budget needs 1 <= sweep_steps <= steps and positive sizes, got {self}")
         if not self.lrs or min(self.lrs) <= 0 or (self.final_windows is not None and self.final_windows < 1):
             raise UserError(f"a quality budget needs positive learning rates and final_windows, got {self}")
+        if not 0 <= self.physical_lr_scale <= 1e3:
+            raise UserError(f"a quality budget's physical_lr_scale must lie in [0, 1000], got {self.physical_lr_scale}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -246,7 +248,9 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         "",
         f"Corpus {corpus}; preset {b.preset}; {b.steps} steps of {b.batch_size} x {b.seq_len} tokens "
         f"({b.steps * b.tokens_per_step:,} tokens) per model; learning rates {list(b.lrs)} swept over the first {b.sweep_steps} steps, "
-        f"best resumed; final figures over {b.final_windows or 'all'} windows of each split. Machine: {meta['machine']}.",
+        f"best resumed; final figures over {b.final_windows or 'all'} windows of each split"
+        + (f"; the wave heads' omega, alpha, phi at {b.physical_lr_scale:g} x the learning rate" if b.physical_lr_scale != 1 else "")
+        + f". Machine: {meta['machine']}.",
         "",
         "| model | layers | parameters | best lr | val ppl | val bits/byte | test ppl | test bits/byte | val ppl / transformer | tokens/s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -56,12 +56,19 @@ def load_model(path: Path) -> WaveFieldLM:
         raise UserError(str(e)) from None
 
 
+def _is_numbers(values, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
 def _is_heads(heads) -> bool:
-    """[{"layer", "omega", "alpha", "phi"}] with one number per head in each list."""
+    """[{"layer", "omega", "alpha", "phi"}] with one number per head in each list, and the same
+    for "omega_init" and "alpha_init" where a record has them (wavefield.info.head_physics)."""
     return isinstance(heads, list) and all(
         isinstance(h, dict)
         and isinstance(h.get("layer"), int)
-        and all(isinstance(h.get(k), list) and len(h[k]) == len(h["omega"]) for k in ("omega", "alpha", "phi"))
+        and isinstance(h.get("omega"), list)
+        and all(_is_numbers(h.get(k), len(h["omega"])) for k in ("omega", "alpha", "phi"))
+        and all(_is_numbers(h[k], len(h["omega"])) for k in ("omega_init", "alpha_init") if k in h)
         for h in heads
     )
 
