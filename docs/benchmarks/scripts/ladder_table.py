@@ -6,7 +6,8 @@ and spread (min-max) over seeds of its ratio to the transformer of the same seed
 
 Each folder is a `wavefield bench quality --out` folder (quality.json) holding a transformer.
 --candidate NAME=DIR,DIR,... adds the wave model of each DIR (a run with the same budget and
-seed, e.g. with --wave-layer-types) to the folder in the same place, as the model NAME.
+seed, e.g. with --wave-layer-types; or the first model of a DIR without one, such as a run of
+--models wave-frozen) to the folder in the same place, as the model NAME.
 """
 
 import argparse
@@ -32,7 +33,7 @@ for spec in args.candidate:
     for (seed, models), d in zip(runs, dirs):
         their_seed, theirs = records(d)
         assert their_seed == seed, f"{d} has seed {their_seed}, not {seed}"
-        models[name] = theirs["wave"]
+        models[name] = theirs["wave"] if "wave" in theirs else next(iter(theirs.values()))  # e.g. a run of wave-frozen alone
 
 rows = {}  # model -> list of (seed, lr, val ppl, test ppl, val / transformer, test / transformer)
 for seed, models in runs:
