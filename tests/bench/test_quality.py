@@ -76,6 +76,7 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
     table = (out / "quality.md").read_text()
     assert all(f"| {name} |" in table for name in records)
     assert "| wave | OW |" in table and "| hybrid | OA |" in table and "omega, alpha, phi at 2 x the learning rate" in table
+    assert "Layers: W wave, O wave-outer, A attention" in table
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
     # a second comparison never writes into the first one's folder
     assert main(["bench", "quality", "--quick", *flags, "--out", str(out)]) == 2

@@ -264,7 +264,7 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         )
     lines += [
         "",
-        "Layers: W wave, A attention, C conv-attention, M mamba2. tokens/s: training loop wall-clock, periodic validation included.",
+        f"Layers: {', '.join(f'{letter} {kind}' for kind, letter in LAYER_LETTERS.items())}. tokens/s: training loop wall-clock, periodic validation included.",
         "",
         "![validation loss](quality.png)",
     ]
