@@ -26,10 +26,13 @@ OUTER_PATHS = ("quadratic", "chunked", "recurrent")
 
 
 def _read_state(q, state, weights) -> torch.Tensor:
-    """Re(w[h, i] * q[i]^T S): (..., n, H, d) x (..., H, d, e) with w (H, n) -> (..., n, H, e)."""
-    re = torch.einsum("...nhd,...hde->...nhe", q, state.real)
-    im = torch.einsum("...nhd,...hde->...nhe", q, state.imag)
-    return weights.real.T[:, :, None] * re - weights.imag.T[:, :, None] * im
+    """Re(w[h, i] * q[i]^T S): (..., n, H, d) x (..., H, d, e) with w (H, n) -> (..., n, H, e).
+
+    One real product against the state's (re, im) pairs, (d, e, 2) read as (d, 2e): no copy of
+    its real and imaginary parts."""
+    e = state.shape[-1]
+    qs = (q.transpose(-3, -2) @ torch.view_as_real(state).flatten(-2)).unflatten(-1, (e, 2))  # (..., H, n, e, 2): q^T Re S, q^T Im S
+    return (weights.real[:, :, None] * qs[..., 0] - weights.imag[:, :, None] * qs[..., 1]).transpose(-3, -2)
 
 
 def _deposit(k, v, weights) -> torch.Tensor:
@@ -88,7 +91,8 @@ def outer_recurrent(q, k, v, omega, alpha, phi, state=None):
     s = state if state is not None else torch.zeros(B, H, d, v.shape[-1], dtype=torch.complex64, device=q.device)
     ys = []
     for t in range(N):
-        s = lam * s + k[:, t, :, :, None] * v[:, t, :, None, :]
+        s = lam * s  # a new tensor: adding the real deposit to its real parts in place is safe
+        torch.view_as_real(s)[..., 0].add_(k[:, t, :, :, None] * v[:, t, :, None, :])
         ys.append(_read_state(q[:, t, None], s, read)[:, 0])
     return torch.stack(ys, dim=1) if ys else v.new_zeros(B, 0, H, v.shape[-1])
 
