@@ -83,8 +83,9 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
     return y.reshape(B, n_chunks * C, H, -1)[:, :N]
 
 
-def outer_recurrent(q, k, v, omega, alpha, phi, state=None):
-    """S[t] = lambda * S[t-1] + k[t] v[t]^T, y[t] = gain * Re(c * q[t]^T S[t]), token by token."""
+def outer_recurrent(q, k, v, omega, alpha, phi, state=None, return_state: bool = False):
+    """S[t] = lambda * S[t-1] + k[t] v[t]^T, y[t] = gain * Re(c * q[t]^T S[t]), token by token;
+    with return_state, (y, the state after the last token)."""
     B, N, H, d = q.shape
     lam = wave_powers(omega, alpha, 1, start=1).to(torch.complex64)[:, :, None]  # (H, 1, 1)
     read = read_weights(omega, alpha, phi, 1)  # (H, 1): gain * c
@@ -94,7 +95,8 @@ def outer_recurrent(q, k, v, omega, alpha, phi, state=None):
         s = lam * s  # a new tensor: adding the real deposit to its real parts in place is safe
         torch.view_as_real(s)[..., 0].add_(k[:, t, :, :, None] * v[:, t, :, None, :])
         ys.append(_read_state(q[:, t, None], s, read)[:, 0])
-    return torch.stack(ys, dim=1) if ys else v.new_zeros(B, 0, H, v.shape[-1])
+    y = torch.stack(ys, dim=1) if ys else v.new_zeros(B, 0, H, v.shape[-1])
+    return (y, s) if return_state else y
 
 
 def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False):
@@ -106,12 +108,12 @@ def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked
         raise ValueError(f"unknown outer-deposit path {path!r}; expected one of {OUTER_PATHS}")
     with exact_float32(q.device.type):  # IEEE float32: no autocast, no TF32 (ops.kernel)
         q, k, v = q.float(), k.float(), v.float()
+        if path == "recurrent":  # its loop ends on the new state
+            return outer_recurrent(q, k, v, omega, alpha, phi, state, return_state)
         if path == "quadratic":
             y = outer_quadratic(q, k, v, omega, alpha, phi, state)
-        elif path == "chunked":
-            y = outer_chunked(q, k, v, omega, alpha, phi, state, chunk_size)
         else:
-            y = outer_recurrent(q, k, v, omega, alpha, phi, state)
+            y = outer_chunked(q, k, v, omega, alpha, phi, state, chunk_size)
         if not return_state:
             return y
         return y, outer_state_out(k, v, omega, alpha, state)
