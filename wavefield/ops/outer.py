@@ -77,8 +77,9 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
     powers = wave_powers(omega, alpha, C + 1).to(torch.complex64)  # (H, C + 1)
     deposits = _deposit(k, v, powers[:, :C].flip(-1))  # (B, n_chunks, H, d, e)
     entering = [state if state is not None else torch.zeros_like(deposits[:, 0])]
+    chunk_deposits = deposits.unbind(1)  # one backward for all chunks (indexing each would zero-fill a full-size gradient per chunk)
     for c in range(n_chunks - 1):
-        entering.append(powers[:, C, None, None] * entering[-1] + deposits[:, c])
+        entering.append(powers[:, C, None, None] * entering[-1] + chunk_deposits[c])
     y = y + _read_state(q, torch.stack(entering, dim=1), read_weights(omega, alpha, phi, C, start=1))
     return y.reshape(B, n_chunks * C, H, -1)[:, :N]
 

@@ -89,9 +89,10 @@ def ssd_chunked(x, dt, A, B, C, state=None, chunk_size: int = 64):
     # 3. the state entering each chunk, passed on from chunk to chunk
     chunk_decay = torch.exp(a_cum[..., -1])  # (B, H, c)
     entering = []
+    decays, states = chunk_decay[..., None, None].unbind(2), chunk_states.unbind(2)  # one backward for all chunks, not a full-size one per index
     for c in range(nc):
         entering.append(h)
-        h = chunk_decay[:, :, c, None, None] * h + chunk_states[:, :, c]
+        h = decays[c] * h + states[c]
     entering = torch.stack(entering, 2)  # (B, H, c, N, P)
 
     # 4. what the entering state gives each position: C[i]^T exp(a_cum[i]) h_entering
