@@ -62,8 +62,9 @@ def outer_quadratic(q, k, v, omega, alpha, phi, state=None):
     return y
 
 
-def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
-    """The quadratic form inside chunks of C tokens, the matrix state carried between them."""
+def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64, return_state: bool = False):
+    """The quadratic form inside chunks of C tokens, the matrix state carried between them; with
+    return_state, (y, the state after the last token), taken from the chunks' own deposits."""
     B, N, H, d = q.shape
     C = max(1, min(chunk_size, N))
     n_chunks = -(-N // C)
@@ -81,7 +82,14 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64):
     for c in range(n_chunks - 1):
         entering.append(powers[:, C, None, None] * entering[-1] + chunk_deposits[c])
     y = y + _read_state(q, torch.stack(entering, dim=1), read_weights(omega, alpha, phi, C, start=1))
-    return y.reshape(B, n_chunks * C, H, -1)[:, :N]
+    y = y.reshape(B, n_chunks * C, H, -1)[:, :N]
+    if not return_state:
+        return y
+    # the last chunk holds r real tokens, then zeros: its deposits above are weighted for C, so a
+    # short last chunk is deposited again with its own weights (one chunk's work)
+    r = N - (n_chunks - 1) * C
+    last = chunk_deposits[-1] if r == C else _deposit(k[:, -1, :r], v[:, -1, :r], powers[:, :r].flip(-1))
+    return y, powers[:, r, None, None] * entering[-1] + last
 
 
 def outer_recurrent(q, k, v, omega, alpha, phi, state=None, return_state: bool = False):
@@ -111,10 +119,7 @@ def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked
         q, k, v = q.float(), k.float(), v.float()
         if path == "recurrent":  # its loop ends on the new state
             return outer_recurrent(q, k, v, omega, alpha, phi, state, return_state)
-        if path == "quadratic":
-            y = outer_quadratic(q, k, v, omega, alpha, phi, state)
-        else:
-            y = outer_chunked(q, k, v, omega, alpha, phi, state, chunk_size)
-        if not return_state:
-            return y
-        return y, outer_state_out(k, v, omega, alpha, state)
+        if path == "chunked":  # so do its chunks
+            return outer_chunked(q, k, v, omega, alpha, phi, state, chunk_size, return_state)
+        y = outer_quadratic(q, k, v, omega, alpha, phi, state)
+        return (y, outer_state_out(k, v, omega, alpha, state)) if return_state else y
