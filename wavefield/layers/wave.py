@@ -252,7 +252,7 @@ class WaveFieldAttention(nn.Module):
         else:
             field = self._field
         z, state = field(p, state, path, need_state, mask)  # (B, D, N)
-        if not _plain(self.out_proj):  # a wrapped projection (a LoRA adapter) runs as its module
+        if not _plain(self.out_proj) or z.shape[-1] == 1:  # a wrapped projection (a LoRA adapter), or one token per sample
             return self.out_proj(z.mT), state
         out = torch.bmm(z.mT, self.out_proj.weight.t().expand(x.shape[0], -1, -1))  # (B, N, D)
         return out, state
@@ -266,7 +266,7 @@ class WaveFieldAttention(nn.Module):
         """x (B, N, D) -> W_in x^T (B, 4D, N) (3D without the gate): channel-major straight out of the
         matmul. The matmul reads the weight itself; a projection that is not a plain nn.Linear (a
         PEFT LoRA adapter wrapped around it) is called as the module it is instead."""
-        if not _plain(self.in_proj):
+        if not _plain(self.in_proj) or x.shape[1] == 1:  # one token per sample (decoding): one matmul reads the weight once, not once per sample
             return self.in_proj(x).mT.contiguous()
         return torch.bmm(self.in_proj.weight.expand(x.shape[0], -1, -1), x.mT)
 
