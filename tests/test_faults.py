@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,36 @@ def test_an_export_that_cannot_be_written_leaves_nothing(trained_run, tmp_path):
     )
     assert_one_line_error(result, "File too large")
     assert list(parent.iterdir()) == []
+
+
+def test_an_atomic_write_reaches_the_disk_before_its_rename(tmp_path):
+    """Traced with strace on a real process: the temporary file is fsynced before it is renamed
+    over the destination, and the folder after, so a power cut leaves the old file or the new one."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    target = tmp_path / "out.txt"
+    code = f"from wavefield.io import write_text_atomic; write_text_atomic({str(target)!r}, 'new')"
+    trace = tmp_path / "trace"
+    run = subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,rename,renameat,renameat2", sys.executable, "-c", code], env=ENV)
+    if run.returncode != 0 and not target.exists():
+        pytest.skip("strace cannot trace here (ptrace not permitted)")
+    assert target.read_text() == "new"
+    lines = [line for line in trace.read_text().splitlines() if str(tmp_path) in line or "fsync(" in line]
+    fds = {}  # fd -> path opened under tmp_path
+    events = []
+    for line in lines:
+        if "openat(" in line and "= " in line and str(tmp_path) in line:
+            fd = line.rsplit("= ", 1)[1].split()[0]
+            if fd.isdigit():
+                fds[fd] = line.split('"')[1]
+        elif "fsync(" in line:
+            fd = line.split("fsync(", 1)[1].split(")")[0]
+            if fd in fds:
+                events.append(("fsync", fds[fd]))
+        elif "rename" in line and str(target) in line:
+            events.append(("rename", str(target)))
+    kinds = [kind for kind, _ in events]
+    assert "rename" in kinds, lines
+    r = kinds.index("rename")
+    assert any(kind == "fsync" and Path(p).name.startswith(".out.txt.") for kind, p in events[:r]), events
+    assert ("fsync", str(tmp_path)) in events[r + 1 :], events

@@ -1,12 +1,15 @@
 """Writing files so that a crash never leaves a half-written one behind.
 
 Every file is written under a temporary name beside its destination and renamed over it in
-one step (os.replace), so a reader sees the old file or the new one, whole, never a mix; a
+one step (os.replace), so a reader sees the old file or the new one, whole, never a mix. The
+new file's data reach the disk (fsync) before the rename, and the rename before the function
+returns, so a power cut cannot leave an empty file under the old name either. A
 write that fails (a full disk, a file-size limit) removes its temporary file and raises an
 OSError with its errno (ENOSPC, EFBIG), which the CLI prints as one line.
 """
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -25,10 +28,25 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp (and writers that recreate the file) make it private
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path, directory: bool = False):
+    """Flush a file's (or a folder's entries') writes to the disk. Folders that cannot be
+    synced (EINVAL on some file systems) are left as they are."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not (directory and e.errno == errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path, text: str):
