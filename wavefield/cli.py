@@ -677,6 +677,7 @@ def add_quality(benchmarks):
     p.add_argument("--d-model", type=int)
     p.add_argument("--n-layers", type=int)
     p.add_argument("--n-heads", type=int)
+    p.add_argument("--dropout", type=float, help="dropout of every model (default 0)")
     p.add_argument("--wave-layer-types", help="comma-separated layer types of the wave model (default: the default architecture's)")
     p.add_argument("--data", help="corpus (default: bundled Shakespeare)")
     p.add_argument("--tokenizer", default="bpe")
@@ -703,7 +704,7 @@ def run_quality(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder; choose another --out")
-    model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads") if getattr(args, k) is not None}
+    model = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads", "dropout") if getattr(args, k) is not None}
     if args.wave_layer_types is not None:
         model["layer_types"] = [t.strip() for t in args.wave_layer_types.split(",")]
         model.setdefault("n_layers", len(model["layer_types"]))

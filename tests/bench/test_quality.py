@@ -83,10 +83,11 @@ def test_quick_comparison_writes_a_reproducible_report(tmp_path, corpus_dir, cac
 
 
 def test_quick_comparison_of_the_peers(tmp_path, corpus_dir, cache_dir):
-    """conv-transformer and mamba2 through `bench quality --models`, matched to the wave model's count."""
+    """conv-transformer and mamba2 through `bench quality --models`, matched to the wave model's
+    count; --dropout reaches every model and the report says so."""
     out = tmp_path / "peers"
     flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "32", "--n-layers", "2", "--n-heads", "2"]
-    assert main(["bench", "quality", "--quick", *flags, "--models", "conv-transformer,mamba2", "--lrs", "3e-3", "--out", str(out)]) == 0
+    assert main(["bench", "quality", "--quick", *flags, "--models", "conv-transformer,mamba2", "--lrs", "3e-3", "--dropout", "0.1", "--out", str(out)]) == 0
     records = {r["model"]: r for r in json.loads((out / "quality.json").read_text())["records"]}
     assert list(records) == ["conv-transformer", "mamba2"]
     assert records["conv-transformer"]["layer_types"] == ["conv-attention"] * 2 and records["mamba2"]["layer_types"] == ["mamba2"] * 2
@@ -94,7 +95,9 @@ def test_quick_comparison_of_the_peers(tmp_path, corpus_dir, cache_dir):
     for r in records.values():
         assert abs(r["parameters"] / WaveFieldLM(wave).num_parameters() - 1) <= MATCH_TOLERANCE
         assert 1 < r["val"]["ppl"] < 300
-    assert "| mamba2 | MM |" in (out / "quality.md").read_text()
+        assert r["config"]["dropout"] == 0.1
+    table = (out / "quality.md").read_text()
+    assert "| mamba2 | MM |" in table and "; dropout 0.1." in table
 
 
 def test_bad_quality_flags(tmp_path, capsys):
@@ -104,3 +107,6 @@ def test_bad_quality_flags(tmp_path, capsys):
     assert "unknown model 'wave-gating'" in capsys.readouterr().err
     assert main(["bench", "quality", "--final-windows", "most", "--out", str(tmp_path / "q")]) == 2
     assert "expected a positive number or 'all', got 'most'" in capsys.readouterr().err
+    assert main(["bench", "quality", "--dropout", "1.5", "--out", str(tmp_path / "q")]) == 2
+    assert "dropout must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

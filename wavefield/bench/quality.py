@@ -250,6 +250,7 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         f"({b.steps * b.tokens_per_step:,} tokens) per model; learning rates {list(b.lrs)} swept over the first {b.sweep_steps} steps, "
         f"best resumed; final figures over {b.final_windows or 'all'} windows of each split"
         + (f"; the wave heads' omega, alpha, phi at {b.physical_lr_scale:g} x the learning rate" if b.physical_lr_scale != 1 else "")
+        + "".join(f"; dropout {p:g}" for p in sorted({r["config"].get("dropout", 0.0) for r in records}) if p)
         + f". Machine: {meta['machine']}.",
         "",
         "| model | layers | parameters | best lr | val ppl | val bits/byte | test ppl | test bits/byte | val ppl / transformer | tokens/s |",
