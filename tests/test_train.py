@@ -143,6 +143,9 @@ def test_eval_reports_perplexity_and_bits_per_byte(trained_run, capsys):
     assert val["ppl"] == pytest.approx(math.exp(val["loss"]))
     assert val["bpb"] == pytest.approx(val["loss"] / math.log(2) * 12001 / 12000)  # bytes: one token per byte (+ separator)
     assert val["loss"] < math.log(257) - 1.0
+    assert main(["eval", str(trained_run), "--split", "train", "--max-windows", "20", "--json"]) == 0
+    train = json.loads(capsys.readouterr().out)
+    assert train["split"] == "train" and 0 < train["tokens"] <= 20 * 32 and train["loss"] < val["loss"]  # the text it trained on fits better
 
 
 def test_generate_streams_the_models_own_continuation(trained_run, capsys):

@@ -123,7 +123,7 @@ def add_eval(commands):
     p = commands.add_parser("eval", help="perplexity and bits per byte of a checkpoint")
     p.add_argument("checkpoint", help="a run folder or checkpoint folder")
     p.add_argument("--data", help="corpus to score (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val", help="default val; train measures how well the model fits what it saw")
     p.add_argument("--seq-len", type=int, help="window length (default: the training seq_len)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-windows", type=int, help="score an evenly spaced subset of the windows")
