@@ -448,6 +448,9 @@ def add_inference(benchmarks):
     p.add_argument("--contexts", type=_ints, default=None, help="comma-separated prompt lengths (default 1024 ... 131072)")
     p.add_argument("--batches", type=_ints, default=None, help="comma-separated batch sizes of batched decoding (default 1,4,16,64)")
     p.add_argument("--batch-contexts", type=_ints, default=None, help="comma-separated prompt lengths of batched decoding (default 2048,8192)")
+    p.add_argument(
+        "--one-pass", type=_choices(MODEL_KINDS), default=None, help="comma-separated models also measured reading the prompt in one pass (default transformer)"
+    )
     for name, kind in (
         ("new-tokens", int),
         ("batch-new-tokens", int),
@@ -474,10 +477,25 @@ def run_inference(args) -> int:
     from .bench import inference
 
     s = inference.InferenceSettings(**(inference.QUICK if args.quick else {}))
-    names = ("models", "parts", "preset", "contexts", "batches", "batch_contexts", "new_tokens", "batch_new_tokens", "prefill_chunk", "flops_context")
+    names = (
+        "models",
+        "one_pass",
+        "parts",
+        "preset",
+        "contexts",
+        "batches",
+        "batch_contexts",
+        "new_tokens",
+        "batch_new_tokens",
+        "prefill_chunk",
+        "flops_context",
+    )
     for name in (*names, "vocab_size", "threads", "max_seconds", "max_memory_gb"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
+    stray = [m for m in args.one_pass or () if m not in s.models]
+    if stray:
+        raise UserError(f"--one-pass names {', '.join(stray)}, not among the models measured ({', '.join(s.models)})")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available here")
     s.device = args.device

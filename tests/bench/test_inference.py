@@ -97,6 +97,13 @@ def test_targets_are_read_from_the_records():
     assert len(found) == 4
     time, memory, flat, batched = found.values()
     assert time == (15.0, False) and memory == (20.0, True) and flat[1] and batched == (9.0, False)
+    # each model's best figure, named: the wave model read in one pass is faster and heavier
+    records.append(rec("context", "wave (one pass)", 65536, total_s=6.0, peak_mb=400.0, decode_s_per_token=0.011))
+    records.append(rec("context", "transformer (one pass)", 65536, total_s=120.0, peak_mb=1600.0, decode_s_per_token=0.2))
+    found = {name: (value, met) for name, value, met in targets(records)}
+    assert found["64K prompt + 256 tokens: total time, transformer (one pass) / wave (one pass) >= 20"] == (20.0, True)
+    assert found["64K prompt + 256 tokens: peak memory, transformer / wave >= 17.4"] == (20.0, True)
+    assert found["wave decode per token at 64K / at 1K <= 1.2"][0] == pytest.approx(1.1)  # the chunked read's decoding
 
 
 @pytest.mark.parametrize(
@@ -108,6 +115,7 @@ def test_targets_are_read_from_the_records():
         (["--new-tokens", "0"], "must be > 0"),
         (["--new-tokens", "1"], "new tokens must lie in [2"),
         (["--models", "gpt"], "is not one of"),
+        (["--models", "wave", "--one-pass", "transformer"], "--one-pass names transformer, not among the models measured (wave)"),
         (["--contexts", "1"], "contexts must lie in"),
     ],
 )
@@ -116,3 +124,10 @@ def test_bad_flags_are_one_line(flags, phrase, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and phrase in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_one_pass_measures_the_models_it_names(tmp_path):
+    out = tmp_path / "inference"
+    assert main(["bench", "inference", "--quick", "--threads", "1", "--parts", "context", "--models", "wave", "--one-pass", "wave", "--out", str(out)]) == 0
+    records = json.loads((out / "inference.json").read_text())["records"]
+    assert {(r["model"], r["prefill_chunk"]) for r in records} == {("wave", 48), ("wave (one pass)", None)}
