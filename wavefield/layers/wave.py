@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import conv_tail, gated_field, lower_toeplitz, propagate_heads, propagate_outer, short_conv, wave_kernel
+from ..ops import conv_tail, gated_field, lower_toeplitz, propagate_heads, propagate_outer_heads, short_conv, wave_kernel
 from ..ops.field import FEATURE_MAPS
 from .state_check import expect_tensor
 
@@ -317,12 +317,10 @@ class WaveFieldAttention(nn.Module):
 
         field_in = state["field"] if state is not None else None
         fk = self.f(k) if mask is None else self.f(k) * mask  # masked positions deposit nothing
-        if self.deposit == "outer":  # ops.outer works time-major: (B, N, H, d)
-            heads = lambda t: t.view(B, self.n_heads, self.head_dim, N).permute(0, 3, 1, 2)  # noqa: E731
+        if self.deposit == "outer":
             outer_path = "quadratic" if path == "fft" else path  # its whole-sequence form
-            y = propagate_outer(
-                heads(self.f(q)) * self.head_dim**-0.5, heads(fk), heads(v), self.omega, self.alpha, self.phi, field_in, outer_path, self.chunk_size, need_state
-            )
+            fq = self._heads(self.f(q)) * self.head_dim**-0.5
+            y = propagate_outer_heads(fq, self._heads(fk), self._heads(v), self.omega, self.alpha, self.phi, field_in, outer_path, self.chunk_size, need_state)
         else:
             u = self._heads(fk * v)  # (B, H, d, N)
             y = propagate_heads(u, self.omega, self.alpha, self.phi, field_in, path, self.chunk_size, need_state)
@@ -330,7 +328,7 @@ class WaveFieldAttention(nn.Module):
         if need_state:
             y, field = y
         if self.deposit == "outer":
-            read = y.to(p.dtype).permute(0, 2, 3, 1)  # (B, H, d, N)
+            read = y.to(p.dtype)  # (B, H, d, N)
         else:
             read = self._heads(self.f(q)) * y.to(p.dtype)  # (B, H, d, N)
         if self.norm:
