@@ -1,6 +1,8 @@
 """Shared fixtures: a small real corpus and one tiny trained run."""
 
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -22,6 +24,20 @@ DEVICE = torch.device(os.environ.get("WAVEFIELD_TEST_DEVICE", "cpu"))
 if DEVICE.type == "cuda" and not torch.cuda.is_available():
     raise pytest.UsageError("WAVEFIELD_TEST_DEVICE=cuda, but torch sees no CUDA device here")
 torch.set_default_device(DEVICE)
+
+
+@pytest.fixture(scope="session")
+def interrupt_after():
+    """interrupt_after(proc, path, lines): SIGINT to the process proc once the file at `path`
+    holds `lines` lines (or after 120 s): a real Ctrl-C in the middle of a real run."""
+
+    def send(proc, path, lines: int):
+        deadline = time.time() + 120
+        while not (path.exists() and path.read_text().count("\n") >= lines) and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+
+    return send
 
 
 @pytest.fixture(scope="session")

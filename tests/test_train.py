@@ -4,10 +4,8 @@ checkpoint holds everything, and eval / generate / info work on the result."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -113,16 +111,12 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_flags):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interrupt_saves_a_checkpoint_and_resume_continues_identically(tmp_path, tiny_flags):
+def test_interrupt_saves_a_checkpoint_and_resume_continues_identically(tmp_path, tiny_flags, interrupt_after):
     flags = [*tiny_flags, "--max-steps", "100", "--eval-interval", "1000", "--checkpoint-interval", "1000"]
     cmd = [sys.executable, "-m", "wavefield.cli", "train", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "cut" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    interrupt_after(proc, tmp_path / "cut" / "metrics.jsonl", 3)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-500:]
     assert "interrupted at step" in err.splitlines()[-1] and "--resume" in err.splitlines()[-1]

@@ -688,6 +688,7 @@ def add_quality(benchmarks):
         ("eval_windows", int),
         ("seed", int),
         ("physical_lr_scale", float),
+        ("finalists", int),
     ]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {getattr(d, name)}")
     p.add_argument("--final-windows", type=_count_or_all, help=f"windows of val and test scored at the end, or 'all' (default {d.final_windows})")
@@ -714,7 +715,7 @@ def run_quality(args) -> int:
     from .bench.quality import QUICK, QualityBudget, bench_quality
     from .train import TrainingStopped
 
-    names = ["steps", "sweep_steps", "batch_size", "seq_len", "eval_interval", "eval_windows", "final_windows", "seed", "lrs", "preset", "physical_lr_scale"]
+    names = [f.name for f in dataclasses.fields(QualityBudget)]  # every field of the budget is a flag
     chosen = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if chosen.get("final_windows") == "all":
         chosen["final_windows"] = None  # the budget's "every window"
@@ -729,7 +730,7 @@ def run_quality(args) -> int:
     models = [m for m in args.models.split(",") if m] + [f"wave-{a}" for a in args.ablations]
     try:
         bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)
-    except TrainingStopped as e:  # a model diverged (or Ctrl-C) after the learning-rate sweep
+    except TrainingStopped as e:  # a finalist diverged, or Ctrl-C / SIGTERM
         print(f"wavefield bench quality: {e}", file=sys.stderr)
         return e.exit_code
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")

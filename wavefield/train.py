@@ -105,11 +105,19 @@ DEFAULTS = dict(
 
 
 class TrainingStopped(Exception):
-    """Training stopped early; `exit_code` is what the command returns."""
+    """Training stopped early; `exit_code` is what the command returns (130: interrupted by a signal)."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class TrainingDiverged(TrainingStopped):
+    """Training stopped because the loss or the gradient norm stopped being finite (exit code 2):
+    what a learning-rate sweep counts as a lost rate, unlike an interruption."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 2)
 
 
 # ---------------------------------------------------------------- arguments and checks
@@ -431,7 +439,7 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
             loss_value, norm_value, signalled = shared.tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 kept = f"the last good checkpoint (step {last_good}) is kept in {ckpt}" if last_good is not None else "no checkpoint had been written yet"
-                raise TrainingStopped(f"loss became {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped: {kept}", 2)
+                raise TrainingDiverged(f"loss became {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped: {kept}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1

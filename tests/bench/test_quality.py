@@ -1,6 +1,9 @@
 """`bench quality`: matched parameter counts, the shared learning-rate sweep, and the report."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -109,4 +112,54 @@ def test_bad_quality_flags(tmp_path, capsys):
     assert "expected a positive number or 'all', got 'most'" in capsys.readouterr().err
     assert main(["bench", "quality", "--dropout", "1.5", "--out", str(tmp_path / "q")]) == 2
     assert "dropout must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main(["bench", "quality", "--lrs", "1e-3,3e-3", "--finalists", "3", "--out", str(tmp_path / "q")]) == 2
+    assert "finalists must lie in [1, 2]" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_finalists_run_to_the_end_and_the_better_one_is_kept(tmp_path, corpus_dir, cache_dir):
+    """--finalists 2: the sweep's two best rates both train the whole budget; the record keeps the
+    one with the lower validation loss at the end, and lists both."""
+    out = tmp_path / "finals"
+    flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16", "--n-layers", "2", "--n-heads", "2"]
+    assert main(["bench", "quality", "--quick", *flags, "--models", "transformer", "--lrs", "1e-4,3e-3,1e-2", "--finalists", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    (r,) = report["records"]
+    sweep, final = r["sweep_val_loss"], r["finalist_val_loss"]
+    assert len(final) == 2 and set(final) == set(sorted(sweep, key=sweep.get)[:2])  # the two best of the sweep
+    assert r["best_lr"] == float(min(final, key=final.get))
+    for lr in sweep:  # the finalists ran to the end, the third rate stopped after the sweep
+        state = json.loads((out / "runs" / "transformer" / f"lr-{lr}" / "checkpoint" / "train_state.json").read_text())
+        assert state["step"] == (report["budget"]["steps"] if lr in final else report["budget"]["sweep_steps"])
+    assert r["curve"][-1]["val_loss"] == final[f"{r['best_lr']:g}"]
+    assert "the best 2 resumed to the end and the better kept by validation loss" in (out / "quality.md").read_text()
+
+
+def test_an_interrupt_stops_the_sweep_instead_of_losing_one_rate(tmp_path, corpus_dir, cache_dir, interrupt_after):
+    """SIGINT while the first rate trains: the comparison stops with exit code 130 and a resumable
+    checkpoint; it does not score the rate as diverged and go on to the next."""
+    out = tmp_path / "cut"
+    flags = ["--data", str(corpus_dir), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--d-model", "16", "--n-layers", "2", "--n-heads", "2"]
+    budget = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "4000",
+        "--sweep-steps",
+        "2000",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-interval",
+        "5",
+        "--eval-windows",
+        "2",
+    ]
+    cmd = [sys.executable, "-m", "wavefield.cli", "bench", "quality", *flags, *budget, "--models", "wave", "--lrs", "1e-3,3e-3", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    interrupt_after(proc, out / "runs" / "wave" / "lr-0.001" / "metrics.jsonl", 2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-500:]
+    assert "interrupted at step" in err and "--resume" in err
+    assert not (out / "runs" / "wave" / "lr-0.003").exists() and not (out / "quality.json").exists()

@@ -12,9 +12,13 @@ parameter count within 5% of it (recall.kind_layer_types). Ablations are wave mo
 design choice changed (ABLATIONS); they keep the preset's MLP width.
 
 Learning rate: the same sweep for every model. Each rate in `lrs` trains `sweep_steps` steps
-of the full schedule (warm-up, then cosine decay over `steps`); the rate with the lowest
-validation loss there is resumed from its checkpoint to `steps`. So every model's final
-run is one uninterrupted schedule, and the sweep costs (len(lrs) - 1) * sweep_steps extra steps.
+of the full schedule (warm-up, then cosine decay over `steps`); the `finalists` rates with the
+lowest validation loss there (1 by default) are resumed from their checkpoints to `steps`, and
+the one that ends with the lowest validation loss is kept (an early lead does not always last:
+docs/quality.md). So every model's final run is one uninterrupted schedule, and the sweep costs
+(len(lrs) - finalists) * sweep_steps + (finalists - 1) * steps extra steps. A rate whose loss
+stops being finite loses; an interruption (Ctrl-C, SIGTERM) stops the whole comparison.
+The test split is never used to choose.
 
 Figures: validation and test loss, perplexity and bits per byte of the final model (over
 `final_windows` evenly spaced windows of each split, all of them when None), tokens/s of
@@ -37,7 +41,7 @@ from ..errors import UserError
 from ..evaluate import evaluate_tokens, summarize
 from ..io import atomic_path, write_text_atomic
 from ..model import WaveFieldLM
-from ..train import PRESETS, TrainArgs, TrainingStopped, train
+from ..train import PRESETS, TrainArgs, TrainingDiverged, train
 from .recall import MODEL_KINDS, kind_layer_types
 
 DEFAULT_MODELS = ("wave", "transformer", "hybrid")  # what `bench quality` compares unless told
@@ -68,6 +72,7 @@ class QualityBudget:
     final_windows: int | None = 200  # windows of val and test scored at the end (None: all)
     seed: int = 0
     physical_lr_scale: float = 1.0  # learning rate of the wave heads' omega, alpha, phi relative to the rest
+    finalists: int = 1  # the best rates of the sweep resumed to `steps`; the best at the end is kept
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -76,6 +81,8 @@ class QualityBudget:
             raise UserError(f"a quality budget needs 1 <= sweep_steps <= steps and positive sizes, got {self}")
         if not self.lrs or min(self.lrs) <= 0 or (self.final_windows is not None and self.final_windows < 1):
             raise UserError(f"a quality budget needs positive learning rates and final_windows, got {self}")
+        if not 1 <= self.finalists <= len(self.lrs):
+            raise UserError(f"a quality budget's finalists must lie in [1, {len(self.lrs)}] (the number of learning rates), got {self.finalists}")
         if not 0 <= self.physical_lr_scale <= 1e3:
             raise UserError(f"a quality budget's physical_lr_scale must lie in [0, 1000], got {self.physical_lr_scale}")
 
@@ -167,7 +174,8 @@ def _train_args(budget: QualityBudget, cfg: WaveFieldConfig, out: Path, lr: floa
 
 
 def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out: Path, log=print, **data) -> tuple:
-    """The learning-rate sweep, then the best rate resumed to the full budget; returns (model, record)."""
+    """The learning-rate sweep, then its best `budget.finalists` rates resumed to the full budget,
+    the best at the end kept; returns (model, record)."""
     sweep = {}
     for lr in budget.lrs:
         run_dir = out / name / f"lr-{lr:g}"
@@ -175,14 +183,27 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
         try:
             train(_train_args(budget, cfg, run_dir, lr, **data))
             sweep[lr] = read_curve(run_dir, budget.tokens_per_step)[-1]["val_loss"]
-        except TrainingStopped:  # diverged: this rate loses the sweep
+        except TrainingDiverged:  # this rate loses the sweep
             sweep[lr] = math.inf
-    best = min(sweep, key=sweep.get)
-    if not math.isfinite(sweep[best]):
+    finalists = [lr for lr in sorted(sweep, key=sweep.get)[: budget.finalists] if math.isfinite(sweep[lr])]
+    if not finalists:
         raise UserError(f"{name}: every learning rate of the sweep diverged ({list(budget.lrs)})")
+    final, model, best, diverged = {}, None, None, None
+    for lr in finalists:
+        log(f"{name}: lr {lr:g}, resumed to {budget.steps} steps")
+        try:
+            trained = train(TrainArgs(out=str(out / name / f"lr-{lr:g}"), resume=True, max_steps=budget.steps, device=data["device"]))
+        except TrainingDiverged as e:  # a finalist that diverges later loses too
+            final[lr], diverged = math.inf, e
+            continue
+        final[lr] = read_curve(out / name / f"lr-{lr:g}", budget.tokens_per_step)[-1]["val_loss"]
+        if best is None or final[lr] < final[best]:
+            model, best = trained, lr
+    if model is None:
+        raise diverged
+    if len(finalists) > 1:
+        log(f"{name}: best lr {best:g} at the end")
     run_dir = out / name / f"lr-{best:g}"
-    log(f"{name}: best lr {best:g}, resumed to {budget.steps} steps")
-    model = train(TrainArgs(out=str(run_dir), resume=True, max_steps=budget.steps, device=data["device"]))
     curve = read_curve(run_dir, budget.tokens_per_step)
     seconds = curve[-1]["seconds"]
     return model, {
@@ -192,6 +213,7 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
         "parameters": model.num_parameters(),
         "best_lr": best,
         "sweep_val_loss": {f"{lr:g}": v for lr, v in sweep.items()},
+        "finalist_val_loss": {f"{lr:g}": v for lr, v in final.items()},  # at the end of each finalist's run
         "run_dir": str(run_dir),
         "tokens": budget.steps * budget.tokens_per_step,
         "train_seconds": seconds,
@@ -248,7 +270,8 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         "",
         f"Corpus {corpus}; preset {b.preset}; {b.steps} steps of {b.batch_size} x {b.seq_len} tokens "
         f"({b.steps * b.tokens_per_step:,} tokens) per model; learning rates {list(b.lrs)} swept over the first {b.sweep_steps} steps, "
-        f"best resumed; final figures over {b.final_windows or 'all'} windows of each split"
+        + ("best resumed" if b.finalists == 1 else f"the best {b.finalists} resumed to the end and the better kept by validation loss")
+        + f"; final figures over {b.final_windows or 'all'} windows of each split"
         + (f"; the wave heads' omega, alpha, phi at {b.physical_lr_scale:g} x the learning rate" if b.physical_lr_scale != 1 else "")
         + "".join(f"; dropout {p:g}" for p in sorted({r["config"].get("dropout", 0.0) for r in records}) if p)
         + f". Machine: {meta['machine']}.",
