@@ -732,6 +732,8 @@ def run_quality(args) -> int:
         bench_quality(models, budget, out, args.data, args.tokenizer, args.vocab_size, args.cache_dir, model, args.device)
     except TrainingStopped as e:  # a finalist diverged, or Ctrl-C / SIGTERM
         print(f"wavefield bench quality: {e}", file=sys.stderr)
+        if e.exit_code == 130:
+            print(f"wavefield bench quality: a comparison does not resume: run it again with a new --out (this one: {out})", file=sys.stderr)
         return e.exit_code
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")
     return 0

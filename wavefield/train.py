@@ -439,7 +439,10 @@ def _train(a, cfg, saved, device, rank, world, local_rank, distributed):
             loss_value, norm_value, signalled = shared.tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 kept = f"the last good checkpoint (step {last_good}) is kept in {ckpt}" if last_good is not None else "no checkpoint had been written yet"
-                raise TrainingDiverged(f"loss became {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped: {kept}")
+                message = f"loss became {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped: {kept}"
+                if signalled:  # interrupted in the same step: the interrupt must not pass for a lost learning rate
+                    raise TrainingStopped(f"interrupted at step {step}; {message}", 130)
+                raise TrainingDiverged(message)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1

@@ -50,18 +50,21 @@ def test_quadratic_path_is_the_defining_double_sum():
     N=st.integers(1, 150),
     H=st.integers(1, 3),
     d=st.integers(1, 5),
+    e=st.integers(1, 5),
     chunk=st.integers(1, 70),
     cuts=st.lists(st.floats(0, 1), max_size=4),
     seed=st.integers(0, 2**16),
 )
-def test_paths_agree_and_continue_exactly(N, H, d, chunk, cuts, seed):
+def test_paths_agree_and_continue_exactly(N, H, d, e, chunk, cuts, seed):
     """quadratic == chunked == recurrence, and any of them split at random points with the
-    matrix state carried across gives the same outputs and final state (<= 1e-5 relative)."""
+    matrix state carried across gives the same outputs and final state (<= 1e-5 relative);
+    keys of d channels, values of e."""
     gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     omega, alpha, phi = random_params(H, gen)
-    q, k, v = (torch.randn(2, N, H, d, generator=gen) for _ in range(3))
+    q, k = (torch.randn(2, N, H, d, generator=gen) for _ in range(2))
+    v = torch.randn(2, N, H, e, generator=gen)
     ref, ref_state = propagate_outer(q, k, v, omega, alpha, phi, path="recurrent", return_state=True)
-    assert ref_state.shape == (2, H, d, d) and ref_state.is_complex()
+    assert ref.shape == (2, N, H, e) and ref_state.shape == (2, H, d, e) and ref_state.is_complex()
     bounds = sorted({0, N, *(int(c * N) for c in cuts)})
     for path in OUTER_PATHS:
         y, s = propagate_outer(q, k, v, omega, alpha, phi, path=path, chunk_size=chunk, return_state=True)
@@ -92,6 +95,16 @@ def test_paths_have_the_same_gradients(N, chunk):
     for path in ("chunked", "recurrent"):
         for ours, ref in zip(grads[path], grads["quadratic"]):
             assert rel_err(ours, ref) <= 1e-4, path
+
+
+@pytest.mark.parametrize("path", OUTER_PATHS)
+def test_an_empty_piece_reads_nothing_and_keeps_the_state(path):
+    gen = torch.Generator(torch.get_default_device()).manual_seed(3)
+    omega, alpha, phi = random_params(2, gen)
+    x = torch.zeros(1, 0, 2, 3)
+    state = torch.randn(1, 2, 3, 3, dtype=torch.complex64, generator=gen)
+    y, s = propagate_outer(x, x, x, omega, alpha, phi, state=state, path=path, chunk_size=4, return_state=True)
+    assert y.shape == (1, 0, 2, 3) and torch.equal(s, state)
 
 
 def test_unknown_path_is_rejected():

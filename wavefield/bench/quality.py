@@ -173,6 +173,11 @@ def _train_args(budget: QualityBudget, cfg: WaveFieldConfig, out: Path, lr: floa
     )
 
 
+def _loss(value: float) -> float:
+    """A validation loss to rank by: NaN (which sorts nowhere) counts as infinitely bad."""
+    return math.inf if math.isnan(value) else value
+
+
 def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out: Path, log=print, **data) -> tuple:
     """The learning-rate sweep, then its best `budget.finalists` rates resumed to the full budget,
     the best at the end kept; returns (model, record)."""
@@ -185,7 +190,7 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
             sweep[lr] = read_curve(run_dir, budget.tokens_per_step)[-1]["val_loss"]
         except TrainingDiverged:  # this rate loses the sweep
             sweep[lr] = math.inf
-    finalists = [lr for lr in sorted(sweep, key=sweep.get)[: budget.finalists] if math.isfinite(sweep[lr])]
+    finalists = [lr for lr in sorted(sweep, key=lambda lr: _loss(sweep[lr]))[: budget.finalists] if math.isfinite(sweep[lr])]
     if not finalists:
         raise UserError(f"{name}: every learning rate of the sweep diverged ({list(budget.lrs)})")
     final, model, best, diverged = {}, None, None, None
@@ -196,7 +201,7 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
         except TrainingDiverged as e:  # a finalist that diverges later loses too
             final[lr], diverged = math.inf, e
             continue
-        final[lr] = read_curve(out / name / f"lr-{lr:g}", budget.tokens_per_step)[-1]["val_loss"]
+        final[lr] = _loss(read_curve(out / name / f"lr-{lr:g}", budget.tokens_per_step)[-1]["val_loss"])
         if best is None or final[lr] < final[best]:
             model, best = trained, lr
     if model is None:
@@ -270,7 +275,7 @@ def write_quality_report(records: list[dict], budget: QualityBudget, corpus: str
         "",
         f"Corpus {corpus}; preset {b.preset}; {b.steps} steps of {b.batch_size} x {b.seq_len} tokens "
         f"({b.steps * b.tokens_per_step:,} tokens) per model; learning rates {list(b.lrs)} swept over the first {b.sweep_steps} steps, "
-        + ("best resumed" if b.finalists == 1 else f"the best {b.finalists} resumed to the end and the better kept by validation loss")
+        + ("best resumed" if b.finalists == 1 else f"the best {b.finalists} resumed to the end and the best there kept by validation loss")
         + f"; final figures over {b.final_windows or 'all'} windows of each split"
         + (f"; the wave heads' omega, alpha, phi at {b.physical_lr_scale:g} x the learning rate" if b.physical_lr_scale != 1 else "")
         + "".join(f"; dropout {p:g}" for p in sorted({r["config"].get("dropout", 0.0) for r in records}) if p)

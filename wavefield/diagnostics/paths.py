@@ -13,7 +13,7 @@ on its queries, keys and values; fft_size does not apply to it.
 
 import torch
 
-from ..ops import propagate_heads, propagate_outer
+from ..ops import propagate_heads, propagate_outer_heads
 from .flow import mixer_inputs, wave_mixers
 
 PATH_TOL = 1e-5
@@ -52,9 +52,9 @@ def _outer_gap(m, x, g) -> float:
     """The quadratic and chunked outer paths on the layer's read, keys and values for x (N, D), or on random ones."""
     if x is not None:
         t = m.decompose(x[None])
-        q, k, v = (a.permute(0, 3, 1, 2) for a in (t.read, t.keys, t.values))  # (1, N, H, d) each
+        q, k, v = t.read, t.keys, t.values  # (1, H, d, N) each
     else:
-        q, k, v = (torch.rand(1, SAMPLE_TOKENS, m.n_heads, m.head_dim, generator=g).to(m.omega.device) for _ in range(3))
-    quadratic = propagate_outer(q, k, v, m.omega, m.alpha, m.phi, path="quadratic")
-    chunked = propagate_outer(q, k, v, m.omega, m.alpha, m.phi, path="chunked", chunk_size=m.chunk_size)
+        q, k, v = (torch.rand(1, m.n_heads, m.head_dim, SAMPLE_TOKENS, generator=g).to(m.omega.device) for _ in range(3))
+    quadratic = propagate_outer_heads(q, k, v, m.omega, m.alpha, m.phi, path="quadratic")
+    chunked = propagate_outer_heads(q, k, v, m.omega, m.alpha, m.phi, path="chunked", chunk_size=m.chunk_size)
     return ((quadratic - chunked).abs().max() / chunked.abs().max().clamp_min(1e-30)).item()

@@ -1,6 +1,6 @@
 """Outer-product deposits: the same damped wave, acting on a matrix state per head.
 
-Each token deposits the outer product k v^T (d x d per head) instead of a per-channel value,
+Each token deposits the outer product k v^T (d x e per head) instead of a per-channel value,
 and a token reads the field with its query:
 
     S[t] = lambda * S[t-1] + k[t] v[t]^T             complex (d, e) per head
@@ -18,10 +18,10 @@ The state is (B, H, d, e) complex64 (rows indexed by key channels, columns by va
 Inside, the chunked path keeps it as real (B, H, 2d, e): the real rows, then the imaginary
 ones, so that every product with it is one real matmul. Three exact paths:
 
-* `outer_quadratic`: scores (Q^T K) * Toeplitz(kappa), times V. O(N^2 d): the reference.
+* `outer_quadratic`: scores (Q^T K) * Toeplitz(kappa), times V. O(N^2 (d + e)): the reference.
 * `outer_chunked`: the quadratic form inside chunks of C tokens, the matrix state carried
-  between chunks. O(N C d + N d^2), all matmuls: the training and prefill path.
-* `outer_recurrent`: the recurrence, one token at a time, O(d^2) per token: decoding.
+  between chunks. O(N C (d + e) + N d e), all matmuls: the training and prefill path.
+* `outer_recurrent`: the recurrence, one token at a time, O(d e) per token: decoding.
 """
 
 import torch
@@ -44,8 +44,8 @@ def _complex(stacked) -> torch.Tensor:
 
 
 def _turn(stacked, lam) -> torch.Tensor:
-    """lam * S for S stacked (B, H, 2d, e) and lam (H,) complex: each head's complex scalar, as the
-    rotation [[a, -b], [b, a]] of the (real, imaginary) pair: one matmul."""
+    """lam * S for S stacked (B, H, 2d, e) (H the third axis from the end) and lam (H,) complex:
+    each head's complex scalar, as the rotation [[a, -b], [b, a]] of the (real, imaginary) pair."""
     a, b = lam.real, lam.imag
     rotation = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # (H, 2, 2)
     return (rotation @ stacked.unflatten(-2, (2, -1)).flatten(-2)).view(stacked.shape)
@@ -86,10 +86,13 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64, 
     return_state, (y, the state after the last token), taken from the chunks' own deposits."""
     B, H, d, N = q.shape
     e = v.shape[2]
+    if N == 0:  # nothing to read or deposit
+        y = v.new_zeros(B, H, e, 0)
+        return (y, state if state is not None else torch.zeros(B, H, d, e, dtype=torch.complex64, device=q.device)) if return_state else y
     C = max(1, min(chunk_size, N))
     nc = -(-N // C)
 
-    def chunks(x):  # (B, H, c, N) -> (B, H, nc, c, C), zeros at the end only: one copy
+    def chunks(x):  # (B, H, channels, N) -> (B, H, nc, channels, C), zeros at the end only
         x = F.pad(x, (0, nc * C - N)) if nc * C > N else x
         return x.unflatten(-1, (nc, C)).transpose(2, 3).contiguous()
 
@@ -158,7 +161,7 @@ def propagate_outer_heads(q, k, v, omega, alpha, phi, state=None, path: str = "c
 
 
 def propagate_outer(q, k, v, omega, alpha, phi, state=None, path: str = "chunked", chunk_size: int = 64, return_state: bool = False):
-    """propagate_outer_heads for time-major q, k, v (B, N, H, d): y (B, N, H, e), and the state."""
+    """propagate_outer_heads for time-major q, k (B, N, H, d) and v (B, N, H, e): y (B, N, H, e), and the state."""
     heads = [x.permute(0, 2, 3, 1) for x in (q, k, v)]  # (B, H, d, N)
     out = propagate_outer_heads(*heads, omega, alpha, phi, state, path, chunk_size, return_state)
     if return_state:
