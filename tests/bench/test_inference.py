@@ -7,7 +7,8 @@ import json
 import pytest
 
 from wavefield.bench.inference import kv_bytes, model_gflops
-from wavefield.bench.inference_report import targets
+from wavefield.bench.inference_report import _dense_table, targets
+from wavefield.bench.report import _fmt
 from wavefield.cli import main
 from wavefield.config import WaveFieldConfig
 
@@ -35,6 +36,8 @@ def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
     assert all(r["real_tokens"] <= r["batch"] * r["context"] for r in batch)
     flops = {r["model"]: r for r in records if r["kind"] == "flops"}
     assert flops["transformer"]["prefill_gflops"] > flops["hybrid"]["prefill_gflops"] > flops["wave"]["prefill_gflops"]
+    dense = {r["model"]: r for r in records if r["kind"] == "dense"}
+    assert set(dense) == set(models) and all(0 < r["piece_dense_s"] and 0 < r["step_dense_s"] for r in dense.values())
     document = {r["model"]: r for r in records if r["kind"] == "document"}
     assert set(document) == set(models) and all(r["same_tokens"] for r in document.values())  # the state answers as reading again does
     assert document["wave"]["file_mb"] < document["transformer"]["file_mb"]  # 200 positions of keys and values against a constant field
@@ -42,6 +45,7 @@ def test_bench_inference_quick_writes_records_report_and_plots(tmp_path):
     report = (out / "inference.md").read_text()
     assert "- wave: layers O W O W," in report  # the default architecture, one letter per layer type
     assert "Ratios to the wave model" in report and "Batched decoding" in report and "Operations at 256 tokens" in report and "read once" in report
+    assert "Where the time goes: the dense projections alone" in report
     assert (out / "inference_context.png").stat().st_size > 0 and (out / "inference_batch.png").stat().st_size > 0
 
 
@@ -104,6 +108,11 @@ def test_targets_are_read_from_the_records():
     assert found["64K prompt + 256 tokens: total time, transformer (one pass) / wave (one pass) >= 20"] == (20.0, True)
     assert found["64K prompt + 256 tokens: peak memory, transformer / wave >= 17.4"] == (20.0, True)
     assert found["wave decode per token at 64K / at 1K <= 1.2"][0] == pytest.approx(1.1)  # the chunked read's decoding
+    # the floor of the dense part: 256 pieces of 25 ms and 256 steps of 2 ms = 6.912 s, against the transformer's best 120 s
+    records.append(rec("dense", "wave", 256, piece_s=0.04, piece_dense_s=0.025, step_s=0.004, step_dense_s=0.002))
+    (section,) = _dense_table(records)
+    assert "| wave | 40 | 25 (62%) | 4 | 2 (50%) |" in section
+    assert f"in {_fmt(6.912)} s ({_fmt(6.0)} s measured): {_fmt(120 / 6.912)}x faster than transformer (one pass) ({_fmt(20.0)}x measured)" in section
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,10 @@ Parts (--parts):
            batch size, then `batch_new_tokens` tokens: decode tokens/s over the batch, peak memory.
 * flops:   theoretical FLOPs of each model (the matmuls, FFTs and attention products) to read
            a `flops_context`-token prompt and to decode one token after it.
+* dense:   where the time goes: a prompt's first piece of `prefill_chunk` tokens and one decoding
+           step of each model, against its dense projections alone (every nn.Linear and the
+           output head, the same matmuls on random input, nothing else): what no implementation
+           of the rest (fields, norms, activations, attention, Python) can go below.
 * document: a `document_context`-token document read once and its state saved
            (wavefield.states); then a prompt answered from the reloaded state (load + answer),
            against reading document + prompt again; the state file's size, save and load time.
@@ -34,16 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import PREFILL_CHUNK, WaveFieldLM
 from ..states import load_state, save_state, state_bytes
-from .measure import peak_extra_mb, sync
+from .measure import median, peak_extra_mb, sync, time_call
 from .quality import QualityBudget, model_configs
 from .speed import machine, mixer_gflops
 
-PARTS = ("context", "batch", "flops", "document")
+PARTS = ("context", "batch", "flops", "dense", "document")
 MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH = 2**22, 10**5, 4096  # bounds on what the command is asked to allocate
+MAX_DENSE_PIECE = 256  # the dense part's piece when prompts are read in one pass
 
 
 @dataclass
@@ -245,6 +252,47 @@ def bench_flops(s: InferenceSettings, models: dict, device):
         _record(s, kind="flops", model=name, context=s.flops_context, **model_gflops(model.config, s.flops_context))
 
 
+DENSE_REPEATS = 9  # timed calls per figure of the dense part (the median is kept)
+
+
+def dense_call(model, tokens: int, device):
+    """A function that runs every dense projection of `model` once on `tokens` rows of random
+    input: each nn.Linear, then the output head at one position (generation's logits)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    inputs = {m.in_features: torch.randn(tokens, m.in_features, device=device) for m in linears}
+    last = torch.randn(1, model.config.d_model, device=device)
+
+    def run():
+        for m in linears:
+            F.linear(inputs[m.in_features], m.weight)
+        F.linear(last, model.embed.weight)
+
+    return run
+
+
+@torch.no_grad()
+def bench_dense(s: InferenceSettings, models: dict, device):
+    n = s.prefill_chunk or MAX_DENSE_PIECE
+    gen = torch.Generator(device="cpu").manual_seed(s.seed + 3)
+    ids = torch.randint(0, s.vocab_size, (1, n + 1), generator=gen).to(device)
+    for name, model in models.items():
+        _record(s, kind="dense", model=name, context=n, batch=1, **_dense(model, ids, device))
+
+
+def _dense(model, ids, device) -> dict:
+    """Seconds of the first piece ids[:, :-1] and of one decoding step after it, each whole and as
+    its dense projections alone (medians of DENSE_REPEATS calls)."""
+    n = ids.shape[1] - 1
+
+    def timed(fn):
+        return median([time_call(fn, device) for _ in range(DENSE_REPEATS)])
+
+    piece = timed(lambda: model(ids[:, :n], return_state=True, logits_at=1))
+    _, state = model.prefill(ids[:, :n], reserve=DENSE_REPEATS)
+    step = timed(lambda: model(ids[:, n:], state=state, return_state=True))  # each call from the same state: one position
+    return {"piece_s": piece, "piece_dense_s": timed(dense_call(model, n, device)), "step_s": step, "step_dense_s": timed(dense_call(model, 1, device))}
+
+
 @torch.no_grad()
 def bench_document(s: InferenceSettings, models: dict, device):
     """A document read once, its state saved (wavefield.states), then a prompt answered from the
@@ -317,7 +365,7 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
     warm = torch.randint(0, s.vocab_size, (1, 32), device=device)
     for model in models.values():  # the first call of each model pays one-off costs
         generate_timed(model, warm, 2, s.prefill_chunk)
-    steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops, "document": bench_document}
+    steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops, "dense": bench_dense, "document": bench_document}
     for part in s.parts:
         steps[part](s, models, device)
     env["load_average_after"] = machine(device).get("load_average")

@@ -132,6 +132,30 @@ def _flops_table(records):
     return [f"### Operations at {n:,} tokens (theoretical) beside the measured time\n\n" + _table(header, table)]
 
 
+def _dense_table(records):
+    rows = [r for r in records if r["kind"] == "dense"]
+    if not rows:
+        return []
+    pct = lambda part, whole: f"{_fmt(part * 1000)} ({100 * part / whole:.0f}%)"  # noqa: E731
+    table = [
+        [r["model"], _fmt(r["piece_s"] * 1000), pct(r["piece_dense_s"], r["piece_s"]), _fmt(r["step_s"] * 1000), pct(r["step_dense_s"], r["step_s"])]
+        for r in rows
+    ]
+    n = rows[0]["context"]
+    header = ["model", f"first {n}-token piece ms", "its dense projections ms (share)", "decode step ms", "its dense projections ms (share)"]
+    text = ["### Where the time goes: the dense projections alone (the same matmuls on random input)\n\n" + _table(header, table)]
+    wave, fastest = next((r for r in rows if r["model"] == REFERENCE), None), _best(records, "context", "transformer", 65536, "total_s")
+    measured = _best(records, "context", REFERENCE, 65536, "total_s")
+    if wave and fastest and measured:  # a lower bound on the wave model's 64K time: its projections and nothing else
+        floor = 65536 / n * wave["piece_dense_s"] + measured["new_tokens"] * wave["step_dense_s"]
+        text.append(
+            f"With nothing but its dense projections, the wave model would read the 65,536-token prompt and write "
+            f"{measured['new_tokens']} tokens in {_fmt(floor)} s ({_fmt(measured['total_s'])} s measured): "
+            f"{_fmt(fastest['total_s'] / floor)}x faster than {fastest['model']} ({_fmt(fastest['total_s'] / measured['total_s'])}x measured)."
+        )
+    return ["\n\n".join(text)]
+
+
 def _document_table(records):
     rows = _done(records, "document")
     if not rows:
@@ -165,7 +189,7 @@ def write_report(results) -> str:
     checks = targets(records)
     if checks:
         lines += ["## Targets", "", _table(["target", "measured", "met"], [[t, _fmt(v), "yes" if ok else "no"] for t, v, ok in checks]), ""]
-    sections = _context_tables(records) + _batch_table(records) + _flops_table(records) + _document_table(records)
+    sections = _context_tables(records) + _batch_table(records) + _flops_table(records) + _dense_table(records) + _document_table(records)
     skipped = [r for r in records if r["skipped"]]
     if skipped:
         sections.append(
