@@ -43,11 +43,15 @@ def _complex(stacked) -> torch.Tensor:
     return torch.complex(re, im)
 
 
-def _turn(stacked, lam) -> torch.Tensor:
-    """lam * S for S stacked (B, H, 2d, e) (H the third axis from the end) and lam (H,) complex:
-    each head's complex scalar, as the rotation [[a, -b], [b, a]] of the (real, imaginary) pair."""
+def _rotation(lam) -> torch.Tensor:
+    """lam (H,) complex as the (H, 2, 2) real matrices [[a, -b], [b, a]] that _turn applies."""
     a, b = lam.real, lam.imag
-    rotation = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # (H, 2, 2)
+    return torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)
+
+
+def _turn(stacked, rotation) -> torch.Tensor:
+    """lam * S for S stacked (B, H, 2d, e) (H the third axis from the end), with lam given as
+    _rotation(lam): each head's complex scalar, applied to the (real, imaginary) pair in one matmul."""
     return (rotation @ stacked.unflatten(-2, (2, -1)).flatten(-2)).view(stacked.shape)
 
 
@@ -67,7 +71,7 @@ def outer_state_out(k, v, omega, alpha, state=None) -> torch.Tensor:
     powers = wave_powers(omega, alpha, N + 1).to(torch.complex64)  # (H, N + 1)
     s = _weighted(k, powers[:, :N].flip(-1)) @ v.mT  # (B, H, 2d, e)
     if state is not None:
-        s = s + _turn(_stacked(state), powers[:, N])
+        s = s + _turn(_stacked(state), _rotation(powers[:, N]))
     return _complex(s)
 
 
@@ -107,8 +111,9 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64, 
     deposits = _weighted(k, powers[:, :C].flip(-1)) @ v.mT  # (B, H, nc, 2d, e), stacked
     entering = [_stacked(state) if state is not None else deposits.new_zeros(B, H, 2 * d, e)]
     chunk_deposits = deposits.unbind(2)  # one backward for all chunks (indexing each would zero-fill a full-size gradient per chunk)
+    lam_C = _rotation(powers[:, C])  # the same step between every pair of chunks
     for c in range(nc - 1):
-        entering.append(_turn(entering[-1], powers[:, C]) + chunk_deposits[c])
+        entering.append(_turn(entering[-1], lam_C) + chunk_deposits[c])
     if nc > 1 or state is not None:  # what the entering states add: Re(gain * c * lambda^(i+1) * q[i]^T S)
         reads = _weighted(q, read_weights(omega, alpha, phi, C, start=1).conj())  # (B, H, nc, 2d, C)
         y = torch.baddbmm((torch.stack(entering, 2).mT @ reads).view(-1, e, C), v.view(-1, e, C), scores)
@@ -121,7 +126,7 @@ def outer_chunked(q, k, v, omega, alpha, phi, state=None, chunk_size: int = 64, 
     # short last chunk is deposited again with its own weights (one chunk's work)
     r = N - (nc - 1) * C
     last = chunk_deposits[-1] if r == C else _weighted(k[:, :, -1, :, :r], powers[:, :r].flip(-1)) @ v[:, :, -1, :, :r].mT
-    return y, _complex(_turn(entering[-1], powers[:, r]) + last)
+    return y, _complex(_turn(entering[-1], _rotation(powers[:, r])) + last)
 
 
 def outer_recurrent(q, k, v, omega, alpha, phi, state=None, return_state: bool = False):
