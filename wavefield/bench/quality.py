@@ -174,7 +174,7 @@ def _train_args(budget: QualityBudget, cfg: WaveFieldConfig, out: Path, lr: floa
 
 
 def _loss(value: float) -> float:
-    """A validation loss to rank by: NaN (which sorts nowhere) counts as infinitely bad."""
+    """A validation loss to rank by: NaN (which sorts nowhere) counts as infinitely bad, as a diverged rate does."""
     return math.inf if math.isnan(value) else value
 
 
@@ -187,21 +187,22 @@ def train_with_sweep(name: str, cfg: WaveFieldConfig, budget: QualityBudget, out
         log(f"{name}: lr {lr:g}, {budget.sweep_steps} steps")
         try:
             train(_train_args(budget, cfg, run_dir, lr, **data))
-            sweep[lr] = read_curve(run_dir, budget.tokens_per_step)[-1]["val_loss"]
+            sweep[lr] = _loss(read_curve(run_dir, budget.tokens_per_step)[-1]["val_loss"])
         except TrainingDiverged:  # this rate loses the sweep
             sweep[lr] = math.inf
-    finalists = [lr for lr in sorted(sweep, key=lambda lr: _loss(sweep[lr]))[: budget.finalists] if math.isfinite(sweep[lr])]
+    finalists = [lr for lr in sorted(sweep, key=sweep.get)[: budget.finalists] if math.isfinite(sweep[lr])]
     if not finalists:
         raise UserError(f"{name}: every learning rate of the sweep diverged ({list(budget.lrs)})")
     final, model, best, diverged = {}, None, None, None
     for lr in finalists:
+        run_dir = out / name / f"lr-{lr:g}"
         log(f"{name}: lr {lr:g}, resumed to {budget.steps} steps")
         try:
-            trained = train(TrainArgs(out=str(out / name / f"lr-{lr:g}"), resume=True, max_steps=budget.steps, device=data["device"]))
+            trained = train(TrainArgs(out=str(run_dir), resume=True, max_steps=budget.steps, device=data["device"]))
         except TrainingDiverged as e:  # a finalist that diverges later loses too
             final[lr], diverged = math.inf, e
             continue
-        final[lr] = _loss(read_curve(out / name / f"lr-{lr:g}", budget.tokens_per_step)[-1]["val_loss"])
+        final[lr] = _loss(read_curve(run_dir, budget.tokens_per_step)[-1]["val_loss"])
         if best is None or final[lr] < final[best]:
             model, best = trained, lr
     if model is None:
