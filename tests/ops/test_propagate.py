@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wavefield.ops import PATHS, next_fast_len, propagate, propagate_heads, wave_kernel
+from wavefield.ops import PATHS, lower_toeplitz, next_fast_len, propagate, propagate_heads, wave_kernel
 
 
 def rel_err(a, b):
@@ -131,6 +131,19 @@ def test_next_fast_len_is_the_smallest_5_smooth_size(n):
     m = next_fast_len(n)
     assert m >= n and is_5_smooth(m)
     assert not any(is_5_smooth(k) for k in range(n, m))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128])
+@pytest.mark.parametrize("shift", [0, 1])
+@pytest.mark.parametrize("C", [0, 1, 2, 7])
+def test_lower_toeplitz_is_the_causal_convolution_matrix(C, shift, dtype):
+    values = torch.randn(3, C, dtype=dtype)
+    m = lower_toeplitz(values, shift)
+    assert m.shape == (3, C, C)
+    for i in range(C):
+        for j in range(C):
+            expected = values[:, i - j - shift] if i - j >= shift else torch.zeros(3, dtype=dtype)
+            assert torch.equal(m[:, i, j], expected), (i, j)
 
 
 @pytest.mark.parametrize("N,chunk", [(300, 1), (5000, 3)])

@@ -22,6 +22,7 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def next_fast_len(n: int) -> int:
@@ -70,11 +71,13 @@ def wave_kernel(omega, alpha, phi, n: int) -> torch.Tensor:
 
 def lower_toeplitz(values: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """(H, C) -> (H, C, C) with M[h, i, j] = values[h, i - j - shift] where i - j >= shift, else
-    exactly 0: a causal convolution with `values` as a matrix."""
+    exactly 0: a causal convolution with `values` as a matrix. Built from windows of the values
+    behind C - 1 + shift zeros, which is data movement only (no gather, no mask)."""
     C = values.shape[-1]
-    lag = torch.arange(C, device=values.device)
-    lag = lag[:, None] - lag[None, :] - shift  # (C, C)
-    return values[:, lag.clamp(min=0)] * (lag >= 0)
+    if C == 0:
+        return values.new_zeros(*values.shape, 0)
+    padded = F.pad(values, (C - 1 + shift, 0))[..., : 2 * C - 1]  # padded[m] = values[m - (C - 1) - shift], zeros before
+    return padded.flip(-1).unfold(-1, C, 1).flip(-2)  # M[i, j] = padded[C - 1 + i - j]
 
 
 def reach(alpha: torch.Tensor, level: float = math.exp(-1)) -> torch.Tensor:

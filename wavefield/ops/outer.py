@@ -60,9 +60,8 @@ def _weighted(x, w) -> torch.Tensor:
 
     With keys and w[j] = lambda^(n-1-j), this times V^T is the stacked deposit sum_j w[j] k[j] v[j]^T;
     with queries and conj(w), S^T times it is the read Re(w[i] q[i]^T S)."""
-    lead = (1,) * (x.dim() - 4)  # the axes between H and (d, n) (the chunks): broadcast
-    parts = torch.view_as_real(w.resolve_conj()).transpose(-1, -2).reshape(w.shape[0], *lead, 2, 1, w.shape[-1])  # (H, ..., 2, 1, n)
-    return (x.unsqueeze(-3) * parts).flatten(-3, -2)
+    w = w.resolve_conj().view(w.shape[0], *(1,) * (x.dim() - 3), w.shape[-1])  # the axes between H and n broadcast
+    return torch.cat([x * w.real, x * w.imag], dim=-2)
 
 
 def outer_state_out(k, v, omega, alpha, state=None) -> torch.Tensor:
