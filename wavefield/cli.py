@@ -454,6 +454,7 @@ def add_inference(benchmarks):
     for name, kind in (
         ("new-tokens", int),
         ("batch-new-tokens", int),
+        ("repeats", int),
         ("prefill-chunk", int),
         ("flops-context", int),
         ("vocab-size", int),
@@ -487,6 +488,7 @@ def run_inference(args) -> int:
         "batch_contexts",
         "new_tokens",
         "batch_new_tokens",
+        "repeats",
         "prefill_chunk",
         "flops_context",
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from wavefield.bench.inference import kv_bytes, model_gflops
-from wavefield.bench.inference_report import _dense_table, targets
+from wavefield.bench.inference_report import _dense_table, repeat_ratios, summarise, targets
 from wavefield.bench.report import _fmt
 from wavefield.cli import main
 from wavefield.config import WaveFieldConfig
@@ -126,6 +126,8 @@ def test_targets_are_read_from_the_records():
         (["--models", "gpt"], "is not one of"),
         (["--models", "wave", "--one-pass", "transformer"], "--one-pass names transformer, not among the models measured (wave)"),
         (["--contexts", "1"], "contexts must lie in"),
+        (["--repeats", "101"], "repeats must lie in [1, 100]"),
+        (["--repeats", "0"], "must be > 0"),
     ],
 )
 def test_bad_flags_are_one_line(flags, phrase, tmp_path, capsys):
@@ -140,3 +142,47 @@ def test_one_pass_measures_the_models_it_names(tmp_path):
     assert main(["bench", "inference", "--quick", "--threads", "1", "--parts", "context", "--models", "wave", "--one-pass", "wave", "--out", str(out)]) == 0
     records = json.loads((out / "inference.json").read_text())["records"]
     assert {(r["model"], r["prefill_chunk"]) for r in records} == {("wave", 48), ("wave (one pass)", None)}
+
+
+def test_repeats_take_turns_and_the_report_gives_medians(tmp_path):
+    out = tmp_path / "inference"
+    argv = ["bench", "inference", "--quick", "--threads", "1", "--parts", "context,batch", "--models", "wave,transformer", "--contexts", "64"]
+    assert main([*argv, "--batches", "3", "--repeats", "3", "--out", str(out)]) == 0
+    records = json.loads((out / "inference.json").read_text())["records"]
+    context = [(r["model"], r["repeat"]) for r in records if r["kind"] == "context"]
+    models = ["wave", "transformer", "transformer (one pass)"]
+    assert context == [(m, i) for i in range(3) for m in models]  # the models take turns, run after run
+    assert sorted((r["model"], r["repeat"]) for r in records if r["kind"] == "batch") == sorted((m, i) for m in models[:2] for i in range(3))
+    report = (out / "inference.md").read_text()
+    assert report.count("| 64 | wave |") == 1 and report.count("| 64 | 3 | wave |") == 1  # one row per measurement: the medians
+
+
+def test_summarise_takes_the_median_of_each_figure_and_lists_every_run():
+    def rec(model, repeat, total, peak=50.0, context=65536):
+        return dict(
+            kind="context",
+            model=model,
+            context=context,
+            batch=1,
+            skipped=False,
+            new_tokens=256,
+            repeat=repeat,
+            total_s=total,
+            prefill_s=total - 1,
+            ttft_s=total - 1,
+            decode_s_per_token=0.004,
+            decode_tokens_per_s=250.0,
+            peak_mb=peak,
+        )
+
+    records = [rec("wave", 0, 10.0, 38), rec("transformer", 0, 150.0, 800), rec("wave", 1, 12.0, 36), rec("transformer", 1, 160.0, 810)]
+    records += [rec("wave", 2, 11.0, 37), rec("transformer", 2, 140.0, 790), rec("wave", 0, 1.0, context=1024)]
+    merged = {(r["model"], r["context"]): r for r in summarise(records)}
+    wave, transformer = merged["wave", 65536], merged["transformer", 65536]
+    assert (wave["total_s"], wave["peak_mb"], wave["repeats"], wave["total_s_runs"]) == (11.0, 37, 3, [10.0, 12.0, 11.0])
+    assert (transformer["total_s"], transformer["prefill_s"]) == (150.0, 149.0)
+    assert merged["wave", 1024] is records[-1]  # one run: unchanged
+    assert summarise(summarise(records)) == summarise(records)
+    time = next(value for name, value, _ in targets(records) if "total time" in name)
+    assert time == pytest.approx(150 / 11)  # median against median, not the best run of each
+    assert repeat_ratios(records) == pytest.approx([15.0, 160 / 12, 140 / 11])

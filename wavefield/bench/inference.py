@@ -29,7 +29,11 @@ Parts (--parts):
            against reading document + prompt again; the state file's size, save and load time.
 
 A call whose predicted time or memory exceeds the budget is skipped and recorded as skipped.
-Ratios are between models measured in the same run, interleaved context by context.
+Ratios are between models measured in the same run, interleaved context by context. With
+`repeats` R > 1 the context and batch parts measure every model R times, the models taking
+turns (wave, transformer, wave, transformer, ...), so that a drift of a shared machine's speed
+shows as spread rather than as a ratio; the report gives each figure's median over the R runs
+and the time target's ratio in each run (inference_report.summarise).
 """
 
 import tempfile
@@ -49,7 +53,7 @@ from .quality import QualityBudget, model_configs
 from .speed import machine, mixer_gflops
 
 PARTS = ("context", "batch", "flops", "dense", "document")
-MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH = 2**22, 10**5, 4096  # bounds on what the command is asked to allocate
+MAX_CONTEXT, MAX_NEW_TOKENS, MAX_BATCH, MAX_REPEATS = 2**22, 10**5, 4096, 100  # bounds on what the command is asked to allocate
 MAX_DENSE_PIECE = 256  # the dense part's piece when prompts are read in one pass
 
 
@@ -66,6 +70,7 @@ class InferenceSettings:
     batches: tuple = (1, 4, 16, 64)
     batch_contexts: tuple = (2048, 8192)
     batch_new_tokens: int = 32
+    repeats: int = 1  # the context and batch parts measure every model this many times, taking turns
     flops_context: int = 32768
     document_context: int = 65536
     document_prompt: int = 16
@@ -228,10 +233,11 @@ def bench_context(s: InferenceSettings, models: dict, device):
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     for n in s.contexts:
         ids = torch.randint(0, s.vocab_size, (1, n), generator=gen).to(device)
-        for name, model in models.items():
-            _measure(s, "context", name, model, ids, s.new_tokens, s.prefill_chunk)
-            if name in s.one_pass and s.prefill_chunk is not None:
-                _measure(s, "context", f"{name} (one pass)", model, ids, s.new_tokens, None)
+        for repeat in range(s.repeats):
+            for name, model in models.items():
+                _measure(s, "context", name, model, ids, s.new_tokens, s.prefill_chunk, repeat=repeat)
+                if name in s.one_pass and s.prefill_chunk is not None:
+                    _measure(s, "context", f"{name} (one pass)", model, ids, s.new_tokens, None, repeat=repeat)
 
 
 def bench_batch(s: InferenceSettings, models: dict, device):
@@ -243,8 +249,9 @@ def bench_batch(s: InferenceSettings, models: dict, device):
             ids = torch.randint(0, s.vocab_size, (B, n), generator=gen)
             mask = torch.arange(n)[None] >= (n - lengths)[:, None]  # left padding: (B, n), True at real tokens
             ids = ids.masked_fill(~mask, 0).to(device)
-            for name, model in models.items():
-                _measure(s, "batch", name, model, ids, s.batch_new_tokens, s.prefill_chunk, mask.to(device), real_tokens=int(lengths.sum()))
+            for repeat in range(s.repeats):
+                for name, model in models.items():
+                    _measure(s, "batch", name, model, ids, s.batch_new_tokens, s.prefill_chunk, mask.to(device), real_tokens=int(lengths.sum()), repeat=repeat)
 
 
 def bench_flops(s: InferenceSettings, models: dict, device):
@@ -348,6 +355,7 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
         ("new tokens", (s.new_tokens, s.batch_new_tokens), 2, MAX_NEW_TOKENS),  # decode time is measured after the first
         ("document prompt and new tokens", (s.document_new_tokens, s.document_prompt), 1, MAX_NEW_TOKENS),
         ("batch sizes", s.batches, 1, MAX_BATCH),
+        ("repeats", (s.repeats,), 1, MAX_REPEATS),
     ]
     for what, values, least, most in sizes:
         if not least <= min(values) <= max(values) <= most:

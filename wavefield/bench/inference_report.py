@@ -1,11 +1,49 @@
 """Markdown tables, target checks and PNG plots from the records of `wavefield bench inference`."""
 
+import statistics
 from pathlib import Path
 
 from ..config import LAYER_LETTERS
 from .report import _fmt, _table, pyplot
 
 REFERENCE = "wave"  # ratios are other model / the wave model (time, memory) or wave / other (tokens/s)
+MEASURED = ("prefill_s", "ttft_s", "total_s", "decode_s_per_token", "decode_tokens_per_s", "peak_mb")  # what repeats vary
+
+
+def summarise(records) -> list:
+    """The records with each measurement's repeats (bench inference --repeats) made one: the
+    median of each figure in MEASURED, the number of runs in "repeats" and every run's total
+    seconds in "total_s_runs". Records without repeats (and records made so) pass unchanged."""
+    groups = {}
+    for r in records:
+        key = (r["kind"], r["model"], r["context"], r.get("batch"), r["skipped"]) if "repeat" in r else id(r)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        merged = dict(runs[0], repeats=len(runs))
+        del merged["repeat"]
+        if not merged["skipped"]:
+            for k in MEASURED:
+                values = [r[k] for r in runs]
+                merged[k] = statistics.median(values) if None not in values else None
+            merged["total_s_runs"] = [r["total_s"] for r in runs]
+        out.append(merged)
+    return out
+
+
+def repeat_ratios(records, context: int = 65536) -> list:
+    """The time target's ratio in each repeat: the transformer's best total at `context` over
+    the wave model's best (each with or without its one-pass variant), repeat by repeat."""
+    ratios = []
+    for repeat in sorted({r["repeat"] for r in records if "repeat" in r}):
+        same = [r for r in records if r.get("repeat") == repeat]
+        fastest, wave = _best(same, "context", "transformer", context, "total_s"), _best(same, "context", REFERENCE, context, "total_s")
+        if fastest and wave:
+            ratios.append(fastest["total_s"] / wave["total_s"])
+    return ratios
 
 
 def _done(records, kind):
@@ -27,8 +65,9 @@ def _best(records, kind, family, context, key, batch=1):
 
 
 def targets(records, new_tokens_target: int = 256) -> list:
-    """(description, measured, met) for the targets of this benchmark that the records cover."""
-    checks = []
+    """(description, measured, met) for the targets of this benchmark that the records cover
+    (with repeats, each figure's median: summarise)."""
+    records, checks = summarise(records), []
     wave64 = _find(records, "context", "wave", 65536)
     fastest, leanest = _best(records, "context", "transformer", 65536, "total_s"), _best(records, "context", "transformer", 65536, "peak_mb")
     fast_wave, lean_wave = _best(records, "context", "wave", 65536, "total_s"), _best(records, "context", "wave", 65536, "peak_mb")
@@ -181,7 +220,7 @@ def _document_table(records):
 
 
 def write_report(results) -> str:
-    env, records = results["environment"], results["records"]
+    env, records = results["environment"], summarise(results["records"])
     lines = ["# wavefield bench inference", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "models"), ""]
     lines += ["Models:", ""]
     lines += [f"- {name}: layers {' '.join(LAYER_LETTERS[t] for t in m['layer_types'])}, {m['parameters']:,} parameters" for name, m in env["models"].items()]
@@ -189,6 +228,9 @@ def write_report(results) -> str:
     checks = targets(records)
     if checks:
         lines += ["## Targets", "", _table(["target", "measured", "met"], [[t, _fmt(v), "yes" if ok else "no"] for t, v, ok in checks]), ""]
+    ratios = repeat_ratios(results["records"])
+    if len(ratios) > 1:
+        lines += [f"With {len(ratios)} repeats, the figures are medians; the time ratio run by run: " + ", ".join(f"{_fmt(x)}x" for x in ratios) + ".", ""]
     sections = _context_tables(records) + _batch_table(records) + _flops_table(records) + _dense_table(records) + _document_table(records)
     skipped = [r for r in records if r["skipped"]]
     if skipped:
@@ -207,7 +249,7 @@ def write_plots(results, out_dir) -> list:
     plt = pyplot()
     if plt is None:
         return []
-    records, out_dir, written = results["records"], Path(out_dir), []
+    records, out_dir, written = summarise(results["records"]), Path(out_dir), []
     context = _done(records, "context")
     if context:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
