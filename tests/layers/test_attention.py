@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from wavefield.layers import CausalSelfAttention
+from wavefield.layers.attention import _causal_after_past
 
 
 def layer(seed=0):
@@ -78,6 +79,29 @@ def test_one_query_after_a_past_runs_without_a_mask(monkeypatch):
     out, _ = attn(x[:, 8:], state=state, return_state=True)
     assert calls[0].get("attn_mask") is None and not calls[0].get("is_causal")
     torch.testing.assert_close(out, attn(x)[:, 8:], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("N, past", [(2, 1), (5, 7), (64, 300)])
+def test_a_piece_after_a_past_attends_without_a_mask_as_the_mask_would(N, past, monkeypatch):
+    """Queries at past .. past + N - 1 over a cache: at inference on CPU no (N, past + N) mask is
+    built and SDPA is not called with one; the outputs are those of SDPA with the mask, and so
+    are the gradients where autograd records (the masked call then)."""
+    torch.manual_seed(N)
+    buffer = torch.randn(2, 2, 3, past + N + 9, 8)  # keys and values (B, H, capacity, d): the cache's views are strided
+    k, v = (t[:, :, : past + N].requires_grad_() for t in buffer.clone().unbind(0))
+    q = torch.randn(2, N, 8, 3).permute(0, 3, 1, 2).requires_grad_()  # (B, H, N, d) with channels apart, as a permuted projection can be
+    mask = torch.ones(N, past + N, dtype=torch.bool).tril(diagonal=past)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    with torch.no_grad():
+        y = _causal_after_past(q, k, v, past, 0.0)
+    assert not calls
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)
+    y = _causal_after_past(q, k, v, past, 0.0)
+    for got, want in zip(torch.autograd.grad(y.square().sum(), (q, k, v)), grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @torch.no_grad()
