@@ -65,8 +65,12 @@ def test_one_pass_prompts_are_not_predicted_to_need_a_mask(tmp_path):
     cfg = WaveFieldConfig(d_model=256, n_layers=5, n_heads=8, layer_types=["attention"] * 5)
     one_pass = _predict(InferenceSettings(), "context", "t", 65536, cfg, 1, None)[1]
     chunked = _predict(InferenceSettings(), "context", "t", 65536, cfg, 1, 256)[1]
+    whole = _predict(InferenceSettings(), "context", "t", 65536, cfg, 1, 65536)[1]  # one piece: the one pass
+    padded = _predict(InferenceSettings(), "batch", "t", 65536, cfg, 1, 256)[1]
+    elsewhere = _predict(InferenceSettings(device="cuda"), "context", "t", 65536, cfg, 1, 256)[1]
     kv = kv_bytes(cfg, 65536) / 1e9  # 0.67 GB: causal SDPA in one pass needs activations O(N D) beside it, no (N, N) scores
-    assert kv < one_pass < 3 * kv and kv < chunked < 2 * kv
+    assert kv < one_pass == whole < 3 * kv and kv < chunked < 1.1 * kv  # on CPU, later pieces build no mask either
+    assert padded == elsewhere == pytest.approx(chunked + 4 * 256 * 65536 / 1e9)  # a float mask of a piece's queries over every key
 
 
 def test_operation_counts_follow_the_architecture():
@@ -186,3 +190,21 @@ def test_summarise_takes_the_median_of_each_figure_and_lists_every_run():
     time = next(value for name, value, _ in targets(records) if "total time" in name)
     assert time == pytest.approx(150 / 11)  # median against median, not the best run of each
     assert repeat_ratios(records) == pytest.approx([15.0, 160 / 12, 140 / 11])
+
+
+def test_the_dense_parts_decoding_steps_write_into_the_reserved_cache(monkeypatch):
+    """Each timed step continues from the last one's state: no step copies or grows the KV cache."""
+    import torch
+
+    import wavefield.layers.attention as attention
+    from wavefield.bench.inference import DENSE_REPEATS, _dense
+    from wavefield.model import WaveFieldLM
+
+    model = WaveFieldLM(WaveFieldConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, layer_types=["attention", "wave"])).eval()
+    grown, grow = [], attention._grow
+    monkeypatch.setattr(attention, "_grow", lambda state, *a: grown.append(state is None) or grow(state, *a))
+    with torch.no_grad():
+        record = _dense(model, torch.randint(0, 64, (1, 33)), torch.device("cpu"))
+    assert record["step_s"] > 0
+    # the timed first pieces make caches of their own; the prefill before the steps reserves room for all of them
+    assert len(grown) == DENSE_REPEATS + 1 and all(grown)

@@ -172,7 +172,7 @@ def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int
     """(seconds, GB) expected for n tokens: the largest measured n of the same kind, its prefill
     and its decoding each scaled by their theoretical operations (model_gflops: linear for the
     projections and MLPs, quadratic for attention), and the KV caches plus a margin of
-    activations (and, read in chunks, the float mask of a chunk's queries over every key)."""
+    activations (and where one is built, the float mask of a piece's queries over every key)."""
     done = [r for r in s.records if r["kind"] == kind and r["model"] == name and not r["skipped"] and r.get("batch", 1) == batch]
     seconds = None
     if done:
@@ -181,8 +181,12 @@ def _predict(s: InferenceSettings, kind: str, name: str, n: int, cfg, batch: int
         decoded = last["decode_s_per_token"] * (last["new_tokens"] - 1)  # the tokens after the first
         first = last["total_s"] - last["prefill_s"] - decoded  # the last prompt token and the first sample
         seconds = last["prefill_s"] * now["prefill_gflops"] / then["prefill_gflops"] + first + decoded * now["decode_gflops"] / then["decode_gflops"]
-    activations = 4 * batch * min(chunk or n, n) * 16 * cfg.d_model
-    masks = 4 * batch * min(chunk, n) * n if chunk else 0  # one pass without padding: causal SDPA, no mask
+    piece = min(chunk or n, n)
+    activations = 4 * batch * piece * 16 * cfg.d_model
+    # padded prompts: a float mask of a piece's queries over every key; unpadded, none in one
+    # piece (causal SDPA) nor, on CPU, in later pieces (layers.attention._causal_after_past)
+    masked = kind == "batch" or (piece < n and s.device != "cpu")
+    masks = 4 * batch * piece * n if masked else 0
     gb = (kv_bytes(cfg, n, batch) + activations + masks) / 1e9
     return seconds, gb
 
@@ -295,8 +299,12 @@ def _dense(model, ids, device) -> dict:
         return median([time_call(fn, device) for _ in range(DENSE_REPEATS)])
 
     piece = timed(lambda: model(ids[:, :n], return_state=True, logits_at=1))
-    _, state = model.prefill(ids[:, :n], reserve=DENSE_REPEATS)
-    step = timed(lambda: model(ids[:, n:], state=state, return_state=True))  # each call from the same state: one position
+    state = [model.prefill(ids[:, :n], reserve=DENSE_REPEATS)[1]]
+
+    def step():  # decoding: each call continues from the last one's state, written in place into the reserved room
+        state[0] = model(ids[:, n:], state=state[0], return_state=True)[1]
+
+    step = timed(step)
     return {"piece_s": piece, "piece_dense_s": timed(dense_call(model, n, device)), "step_s": step, "step_dense_s": timed(dense_call(model, 1, device))}
 
 
@@ -370,8 +378,8 @@ def run_inference(s: InferenceSettings, out_dir, json_path=None) -> dict:
     env["models"] = {
         name: {"layer_types": m.config.layer_types, "parameters": m.num_parameters(), "mlp_ratio": m.config.mlp_ratio} for name, m in models.items()
     }
-    warm = torch.randint(0, s.vocab_size, (1, 32), device=device)
-    for model in models.values():  # the first call of each model pays one-off costs
+    warm = torch.randint(0, s.vocab_size, (1, (s.prefill_chunk or 0) + 32), device=device)
+    for model in models.values():  # the first call of each model pays one-off costs (a piece and one after it)
         generate_timed(model, warm, 2, s.prefill_chunk)
     steps = {"context": bench_context, "batch": bench_batch, "flops": bench_flops, "dense": bench_dense, "document": bench_document}
     for part in s.parts:
