@@ -356,3 +356,14 @@ def test_an_atomic_write_reaches_the_disk_before_its_rename(tmp_path):
     r = kinds.index("rename")
     assert any(kind == "fsync" and Path(p).name.startswith(".out.txt.") for kind, p in events[:r]), events
     assert ("fsync", str(tmp_path)) in events[r + 1 :], events
+
+
+def test_generate_into_a_pipe_closed_by_its_reader_stops_quietly(trained_run):
+    """`wavefield generate RUN | head -c 10`: once the reader has gone, the next write fails with
+    EPIPE; the command stops with 128 + SIGPIPE and no traceback, as a program killed by SIGPIPE."""
+    argv = [sys.executable, "-m", "wavefield.cli", "generate", str(trained_run), "--max-new-tokens", "100000", "--threads", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGPIPE and err == b"", err.decode()

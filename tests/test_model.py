@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wavefield import WaveFieldConfig, WaveFieldLM
+from wavefield.errors import UserError
 
 
 @st.composite
@@ -349,3 +350,16 @@ def test_the_default_alternates_the_two_wave_layers_and_ends_with_a_channel_one(
         ["wave", "wave-outer", "wave"],
         ["wave", "wave-outer", "wave", "wave-outer", "wave"],
     ]
+
+
+def test_sampling_at_a_tiny_temperature_is_greedy_and_non_finite_logits_are_refused():
+    from wavefield.model import sample
+
+    logits = torch.tensor([[0.5, 3.0, -1.0], [2.0, -4.0, 1.0]])
+    for temperature in (1e-40, 1e-300):  # logits / temperature alone overflows to inf, and softmax to NaN
+        assert sample(logits, temperature=temperature).flatten().tolist() == [1, 0]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match="logits are not finite"):
+            sample(logits.index_fill(1, torch.tensor([2]), bad), temperature=1.0)
+        with pytest.raises(UserError, match="logits are not finite"):
+            sample(logits.index_fill(1, torch.tensor([2]), bad), temperature=0)

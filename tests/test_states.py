@@ -142,6 +142,8 @@ def test_crafted_state_files_are_refused_before_they_are_used(tmp_path):
         "an int field": (dict(tensors={"layers.0.field": torch.zeros(state[0]["field"].shape, dtype=torch.int64)}), "'field' must be a complex tensor"),
         "float keys as ints": (dict(tensors={"layers.1.k": k.long()}), "'k' must be a float tensor"),
         "layers of different batches": (dict(tensors={"layers.1.k": k.expand(3, -1, -1, -1).contiguous()}), "does not fit"),
+        "a NaN key": (dict(tensors={"layers.1.k": k.clone().index_fill_(2, torch.tensor([0]), float("nan"))}), "not finite"),
+        "an infinite field": (dict(tensors={"layers.0.field": torch.full_like(state[0]["field"], complex(float("inf"), 0))}), "not finite"),
     }
     for name, (change, phrase) in cases.items():
         with pytest.raises(UserError, match=phrase):
@@ -206,9 +208,30 @@ def test_cli_refuses_bad_state_requests_in_one_line(trained_run, tmp_path, capsy
     fails(["generate", run, "--context", str(tmp_path / "empty.txt")], capsys, "is empty")
     fails(["generate", run, "--context", str(document), "--save-state", str(tmp_path / "no" / "s")], capsys, "does not exist")
     fails(["generate", run, "--context", str(document), "--save-state", str(tmp_path)], capsys, "is a folder")
+    for flag in ("--context", "--state", "--save-state"):  # an empty path is refused, not taken for no flag at all
+        fails(["generate", run, "--prompt", "x", flag, ""], capsys, f"{flag} needs a path, got an empty one")
+    fails(["generate", run, "--state", str(tmp_path), "--prompt", "x"], capsys, "is not a regular file")
     state = tmp_path / "doc.state"
     assert main(["generate", run, "--context", str(document), "--save-state", str(state)]) == 0
     capsys.readouterr()
     raw = state.read_bytes()
     state.write_bytes(raw[:-3] + bytes([raw[-3] ^ 0xFF]) + raw[-2:])
     fails(["generate", run, "--state", str(state), "--prompt", "x"], capsys, "corrupt")
+
+
+def test_save_state_writes_through_a_link_and_keeps_a_read_only_file(trained_run, tmp_path, capsys):
+    document = tmp_path / "doc.txt"
+    document.write_text("To be, or not to be.")
+    run, kept = str(trained_run), tmp_path / "kept.state"
+    assert main(["generate", run, "--context", str(document), "--save-state", str(kept)]) == 0
+    before = digest(kept)
+    link = tmp_path / "link.state"
+    link.symlink_to(kept.name)
+    document.write_text("That is the question.")
+    assert main(["generate", run, "--context", str(document), "--save-state", str(link)]) == 0
+    assert link.is_symlink() and digest(kept) != before  # the link stays; the file it names holds the new state
+    capsys.readouterr()
+    kept.chmod(0o444)
+    before = digest(kept)
+    fails(["generate", run, "--context", str(document), "--save-state", str(kept)], capsys, "read-only")
+    assert digest(kept) == before and kept.stat().st_mode & 0o777 == 0o444

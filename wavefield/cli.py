@@ -7,6 +7,8 @@ on stderr naming the problem and exit code 2; any other exception is a bug and k
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 
 from . import __version__
@@ -272,6 +274,7 @@ def run_generate(args) -> int:
         (args.seed is None or 0 <= args.seed < 2**63, f"--seed must be >= 0, got {args.seed}"),
         (is_utf8(args.prompt), f"--prompt is not valid UTF-8 text: {args.prompt!r}"),
         (1 <= args.prefill_chunk <= 2**24, f"--prefill-chunk must be between 1 and {2**24}, got {args.prefill_chunk}"),
+        *((getattr(args, name) != "", f"--{name.replace('_', '-')} needs a path, got an empty one") for name in ("context", "state", "save_state")),
         (not (args.state and args.context), "--state and --context exclude each other: a state is a document already read"),
         (not args.save_state or args.context, "--save-state needs --context (the document whose state is written)"),
         (not args.state or args.prompt, "--state needs --prompt: the text to answer after the document"),
@@ -806,6 +809,9 @@ def main(argv=None) -> int:
     try:
         set_threads(getattr(args, "threads", None))
         return args.run(args)
+    except BrokenPipeError:  # the reader of stdout has gone (generate | head): stop without a word, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit does not fail again
+        return 128 + signal.SIGPIPE
     except (UserError, OSError) as e:  # bad input, or a full disk: one line, no traceback
         if isinstance(e, OSError) and not isinstance(e, UserError) and not is_environment_error(e):
             raise  # any other OSError is a bug and keeps its traceback

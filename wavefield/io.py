@@ -21,8 +21,14 @@ from safetensors.torch import save_file
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is renamed over `path` in one step."""
+    """Yield a temporary path beside `path`; on success it is renamed over `path` in one step.
+    A symbolic link is written through (its file is replaced, the link kept), and an existing
+    file without write permission is refused (EACCES), as opening it for writing would be."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_file() and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):  # the mode bits too: root may write anything
+        raise PermissionError(errno.EACCES, "the file is read-only: it is not replaced", str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

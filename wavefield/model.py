@@ -432,9 +432,13 @@ def sample(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=N
     """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
     from the softmax restricted to the top_k tokens and to the smallest set of mass top_p."""
     check_sampling(temperature, top_k, top_p)
+    if not torch.isfinite(logits).all():
+        raise UserError("the model's logits are not finite (NaN or infinite): its weights or its state hold numbers out of range")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # the largest logit is 0 before the division, so a tiny temperature sends the rest to -inf
+    # (never to inf); one below the dtype's smallest normal number divides as that number
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -85,6 +85,8 @@ def save_state(state, path, model, tokens: int | None = None):
 def read_metadata(path) -> dict:
     """The metadata of a state file (format checked), without reading its tensors."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a regular file: name a state file")
     if not path.is_file():
         raise MissingError(f"{path}: no such state file")
     try:
@@ -97,6 +99,10 @@ def read_metadata(path) -> dict:
     if meta.get("version") != VERSION:
         raise UserError(f"{path}: state file version {meta.get('version')!r} is not supported (this wavefield reads {VERSION})")
     return meta
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.float() if t.element_size() == 1 else t).all())  # float8 has no isfinite of its own
 
 
 def _batch(state):
@@ -135,6 +141,8 @@ def load_state(path, model, device=None, batch_size: int | None = None) -> list:
         raise UserError(f"{path} cannot be read (truncated or corrupt?): {e}") from None
     if set(tensors) != names or _sha256(tensors) != meta.get("sha256"):
         raise UserError(f"{path} is corrupt: its tensors do not match their checksum")
+    if not all(_finite(t) for t in tensors.values() if t.is_floating_point() or t.is_complex()):
+        raise UserError(f"{path} is corrupt: it holds numbers that are not finite (NaN or infinite)")
     device = device if device is not None else next(model.parameters()).device
     state = [{k: tensors[f"layers.{i}.{k}"].to(device) if present else None for k, present in e.items()} for i, e in enumerate(layout)]
     batch = _batch(state)
