@@ -262,3 +262,25 @@ def test_resume_from_a_hostile_train_state(trained_run, tmp_path, capsys, change
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "61"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and phrase in err, err
+
+
+@pytest.mark.parametrize(
+    "damage, phrase",
+    [
+        (lambda s: json.dumps({**s, "args": {**s["args"], "seq_len": -5}}).encode(), "--seq-len must be between 1"),
+        (lambda s: json.dumps({**s, "args": {**s["args"], "data": 5}}).encode(), "the saved arguments data have the wrong type"),
+        (lambda s: json.dumps({**s, "args": {k: v for k, v in s["args"].items() if k != "data"}}).encode(), "differing: data"),
+        (lambda s: b"\xff\xfe" + json.dumps(s).encode(), "not a valid training state (UnicodeDecodeError"),
+    ],
+)
+@pytest.mark.parametrize("command", [["eval"], ["eval", "--task", "lambada", "--limit", "1"], ["generate", "--max-new-tokens", "1"]])
+def test_every_command_checks_the_saved_training_arguments(trained_run, tmp_path, capsys, damage, phrase, command):
+    """eval takes its corpus and window from them: a damaged or foreign train_state.json is one
+    line, exit 2, in every command that loads the checkpoint (not a KeyError deep inside)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "checkpoint" / "train_state.json"
+    path.write_bytes(damage(json.loads(path.read_text())))
+    assert main([command[0], str(run), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and phrase in err, err

@@ -76,7 +76,7 @@ def remove_stale_temporaries(out: Path):
 def read_state_json(ckpt: Path) -> dict:
     try:
         state = json.loads((ckpt / STATE_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise UserError(f"{ckpt / STATE_JSON} is not a valid training state ({type(e).__name__}: {e})") from None
     missing = [k for k in ("step", "args", "model_config", "optimizer_param_groups", "data") if not isinstance(state, dict) or k not in state]
     if missing:
@@ -183,4 +183,8 @@ def load_checkpoint(path, device="cpu"):
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{ckpt}: the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
     state = read_state_json(ckpt) if (ckpt / STATE_JSON).exists() else None
+    if state is not None:  # eval and lambada take their corpus and window from the training arguments
+        from .train import check_saved_args  # train imports this module
+
+        state["args"] = check_saved_args(state["args"], ckpt)
     return model, tokenizer, state

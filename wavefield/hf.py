@@ -294,7 +294,7 @@ def export_hf(path, out_dir) -> Path:
     beside it under a temporary name and renamed into place when complete."""
     from .checkpoint import load_checkpoint
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # "." has no parent to write beside and no name to rename to
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; nothing was written (choose another --out)")
     model, tokenizer, _ = load_checkpoint(path)

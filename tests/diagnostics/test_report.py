@@ -82,6 +82,19 @@ def test_several_checkpoint_folders(trained_run, tmp_path):
     assert from_folders[0]["heads"] != from_folders[-1]["heads"]  # the heads moved in training
 
 
+def test_a_run_folder_is_read_from_its_checkpoint_not_from_what_a_killed_save_left(trained_run, tmp_path):
+    from wavefield.diagnostics.sources import checkpoint_dirs
+
+    run, _, _ = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "step-0016", folder / "checkpoint")
+    for leftover in (".checkpoint.tmp-a", ".checkpoint.tmp-z"):  # an interrupted save's copies (checkpoint.py)
+        shutil.copytree(run / "checkpoints" / "step-0048", folder / leftover)
+    assert checkpoint_dirs([folder]) == [folder / "checkpoint"]
+    (folder / "checkpoint").rename(folder / ".checkpoint.old")  # a kill between the save's two renames
+    assert checkpoint_dirs([folder]) == [folder / ".checkpoint.old"]
+
+
 def test_a_transformer_gets_the_audit_and_its_attention_map(tmp_path):
     torch.manual_seed(0)
     cfg = WaveFieldConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, layer_types=["attention"] * 2)

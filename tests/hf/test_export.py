@@ -102,6 +102,14 @@ def test_export_refuses_a_non_empty_folder_and_overwrites_nothing(trained_run, t
     assert main(["export", str(trained_run), "--out", str(empty)]) == 0 and (empty / "model.safetensors").is_file()
 
 
+def test_export_into_the_empty_current_folder(trained_run, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["export", str(trained_run), "--out", "."]) == 0  # "." has no name to rename to: it was a traceback
+    assert (here / "model.safetensors").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 @pytest.mark.parametrize("peer", ["conv-attention", "mamba2"])
 def test_export_refuses_the_peer_layers_and_writes_nothing(peer, tmp_path, capsys):
     """conv-attention and mamba2 have no transformers layer name: one clear line, no folder."""

@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+from ..checkpoint import checkpoint_dir
 from ..data.tokenizer import TOKENIZER_NAME, Tokenizer
 from ..errors import UserError
 from ..model import CONFIG_NAME, WEIGHTS_NAME, WaveFieldLM
@@ -42,7 +43,11 @@ def checkpoint_dirs(dirs) -> list[Path]:
         if is_model_dir(d):
             found.append(d)
             continue
-        subs = sorted((s for s in d.iterdir() if s.is_dir() and is_model_dir(s)), key=lambda s: step_of(s, 0))
+        # hidden folders are what an interrupted save left (checkpoint.py); the one a kill between
+        # its two renames left in place of checkpoint/ is what checkpoint_dir finds then
+        subs = sorted((s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".") and is_model_dir(s)), key=lambda s: step_of(s, 0))
+        if not subs and is_model_dir(checkpoint_dir(d)):
+            subs = [checkpoint_dir(d)]
         if not subs:
             raise UserError(f"{d} holds no saved wavefield model ({CONFIG_NAME} + {WEIGHTS_NAME})")
         found.extend(subs)
