@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .config import WaveFieldConfig
+from .config import WaveFieldConfig, check_type
 from .errors import MissingError, UserError
 
 HF_EXTRA = "pip install -e '.[hf]'"
@@ -43,7 +43,7 @@ except ImportError as e:  # tests/hf/test_export.py runs a process without trans
 
 from .data.tokenizer import EOS, Tokenizer  # noqa: E402
 from .io import safetensors_os_errors  # noqa: E402
-from .model import WaveFieldLM  # noqa: E402
+from .model import WaveFieldLM, check_weights_header  # noqa: E402
 from .ops.loss import IGNORE_INDEX  # noqa: E402
 
 MODEL_TYPE = "wavefield"
@@ -61,8 +61,14 @@ class WaveFieldHFConfig(PretrainedConfig):
     attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads"}
 
     def __init__(self, **kwargs):
-        names = [f.name for f in dataclasses.fields(WaveFieldConfig)]
-        native = {name: kwargs.pop(name) for name in names if name in kwargs}
+        fields = dataclasses.fields(WaveFieldConfig)
+        native = {f.name: kwargs.pop(f.name) for f in fields if f.name in kwargs}
+        for alias, name in self.attribute_map.items():  # hidden_size and the like: the field under transformers' name
+            if alias in kwargs and native.setdefault(name, kwargs[alias]) != kwargs.pop(alias):
+                raise UserError(f"config fields {alias} and {name} differ")
+        for f in fields:  # the types config.json must hold, as WaveFieldConfig.from_dict checks them
+            if f.name in native:
+                check_type(f.name, native[f.name], f.default)
         wavefield_layer_types = kwargs.pop("wavefield_layer_types", None)
         hf_names = native.get("layer_types")
         if wavefield_layer_types is not None:
@@ -334,8 +340,19 @@ def load_hf(path, dtype=None) -> tuple["WaveFieldForCausalLM", PreTrainedTokeniz
         raise UserError(f"{path} holds a model of type {model_type!r}, not {MODEL_TYPE!r} (export one with `wavefield export`)")
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise MissingError(f"{path} has no tokenizer (tokenizer.json); `wavefield export` writes one")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 (the tokenizers library raises plain Exceptions for a file it cannot parse)
+        raise UserError(f"{path}: the tokenizer cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise MissingError(f"{path} has no model.safetensors; `wavefield export` writes one")
+    config = WaveFieldHFConfig.from_pretrained(path)  # its values checked (a UserError)
+    with torch.device("meta"):  # the tensors the config needs, checked against the file's header before anything is read
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in WaveFieldForCausalLM(config).state_dict().items()}
+    check_weights_header(weights, expected)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).eval()
+    return model, tokenizer
 
 
 def register():

@@ -127,7 +127,7 @@ def test_export_refuses_the_peer_layers_and_writes_nothing(peer, tmp_path, capsy
 
 
 def test_folders_that_are_not_ours(exported, tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     from wavefield.hf import load_hf
 
@@ -149,8 +149,42 @@ def test_folders_that_are_not_ours(exported, tmp_path, capsys):
     tensors = load_file(incomplete / "model.safetensors")
     del tensors["model.blocks.0.mixer.in_proj.weight"]
     save_file(tensors, incomplete / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="does not match its config: missing tensors model.blocks.0.mixer.in_proj.weight"):
+        load_hf(incomplete)  # read from the header before anything is loaded
     with pytest.raises(ValueError, match="lacks 1 of the model's tensors"):
-        load_hf(incomplete)  # transformers alone would leave it uninitialised
+        AutoModelForCausalLM.from_pretrained(incomplete)  # transformers alone would leave it uninitialised
+
+
+def edited(config: bytes, **changes) -> bytes:
+    values = json.loads(config)
+    if "hidden_size" in changes:  # transformers' name for d_model
+        del values["d_model"]
+    return json.dumps({**values, **changes}).encode()
+
+
+def damaged(exported, folder, name, change):
+    shutil.copytree(exported, folder)
+    (folder / name).write_bytes(change((folder / name).read_bytes()))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name, change, phrase",
+    [
+        ("model.safetensors", lambda b: b[:100], "cannot be read (truncated or corrupt?)"),
+        ("model.safetensors", lambda b: b"garbage" * 3, "cannot be read (truncated or corrupt?)"),
+        ("tokenizer.json", lambda b: b[:50], "the tokenizer cannot be read (JSONDecodeError"),
+        ("tokenizer.json", lambda b: b"\xff\xfe" + b, "the tokenizer cannot be read (UnicodeDecodeError"),
+        ("config.json", lambda b: edited(b, d_model="32"), 'config field d_model must be an integer, got "32"'),
+        ("config.json", lambda b: edited(b, hidden_size="x"), 'config field d_model must be an integer, got "x"'),
+        ("config.json", lambda b: edited(b, wave_gate="yes"), "config field wave_gate must be true or false"),
+        ("config.json", lambda b: edited(b, vocab_size=2**31 - 1), "does not match its config"),
+    ],
+)
+def test_a_damaged_export_is_one_line(exported, tmp_path, capsys, name, change, phrase):
+    folder = damaged(exported, tmp_path / "damaged", name, change)
+    assert (folder / name).read_bytes() != (exported / name).read_bytes()
+    fails(["eval", str(folder), "--lm-eval", "wavefield_lambada", "--limit", "1"], capsys, phrase)
 
 
 def test_without_transformers_the_core_works_and_hf_commands_name_the_extra(trained_run, tmp_path):
