@@ -284,3 +284,13 @@ def test_every_command_checks_the_saved_training_arguments(trained_run, tmp_path
     assert main([command[0], str(run), *command[1:]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and phrase in err, err
+
+
+def test_info_of_a_head_whose_omega_underflowed(ckpt, capsys):
+    """omega = pi * sigmoid(omega_raw) is 0 in float32 for omega_raw = -200: its period is infinite, not a ZeroDivisionError."""
+    tensors = load_file(ckpt / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("omega_raw"))
+    tensors[name][0] = -200.0
+    save_file(tensors, ckpt / "model.safetensors")
+    assert main(["info", str(ckpt)]) == 0
+    assert " inf " in capsys.readouterr().out

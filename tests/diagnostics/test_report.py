@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from wavefield import WaveFieldConfig, WaveFieldLM
 from wavefield.cli import main
@@ -93,6 +94,28 @@ def test_a_run_folder_is_read_from_its_checkpoint_not_from_what_a_killed_save_le
     assert checkpoint_dirs([folder]) == [folder / "checkpoint"]
     (folder / "checkpoint").rename(folder / ".checkpoint.old")  # a kill between the save's two renames
     assert checkpoint_dirs([folder]) == [folder / ".checkpoint.old"]
+
+
+def test_a_damaged_metrics_file_and_extreme_heads_do_not_stop_diagnose(trained_run, tmp_path, capsys):
+    """metrics.jsonl lines with a bad byte or a step that is not a number are skipped; a head
+    whose omega has underflowed to 0 has an infinite period; weights with NaN are one line."""
+    run, model, _ = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "step-0016", folder / "checkpoint")
+    heads = [{**h, "omega": [0.0] * len(h["omega"])} for h in head_physics(model)]  # every head's omega underflowed
+    lines = [json.dumps({"step": 5, "heads": heads}).encode(), b'{"step": "abc", "heads": []}', b'{"step": null}', b"\xff\xfe{"]
+    (folder / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["diagnose", str(folder), "--out", str(tmp_path / "d"), "--prompt", "Is't possible?"]) == 0
+    history = json.loads((tmp_path / "d" / "diagnostics.json").read_text())["history"]
+    assert [h["step"] for h in history if h["source"].endswith("metrics.jsonl")] == [5], history
+    weights = folder / "checkpoint" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["embed.weight"][0, 0] = float("nan")
+    save_file(tensors, weights)
+    capsys.readouterr()
+    assert main(["diagnose", str(folder), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not finite" in err, err
 
 
 def test_a_transformer_gets_the_audit_and_its_attention_map(tmp_path):

@@ -52,7 +52,7 @@ def head_table(params: list[dict]) -> list[dict]:
                     "omega": omega[h].item(),
                     "alpha": alpha[h].item(),
                     "phi": phi[h].item(),
-                    "period": 2 * math.pi / omega[h].item(),
+                    "period": 2 * math.pi / omega[h].item() if omega[h] > 0 else math.inf,  # omega underflows to 0 far below its range
                     "reach_1e": reach_1e[h].item(),
                     "reach_1pct": reach_1pct[h].item(),
                     "q_factor": (omega[h] / (2 * alpha[h])).item(),

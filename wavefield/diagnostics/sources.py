@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import checkpoint_dir
 from ..data.tokenizer import TOKENIZER_NAME, Tokenizer
 from ..errors import UserError
@@ -56,9 +58,12 @@ def checkpoint_dirs(dirs) -> list[Path]:
 
 def load_model(path: Path) -> WaveFieldLM:
     try:
-        return WaveFieldLM.from_pretrained(path).eval()
+        model = WaveFieldLM.from_pretrained(path).eval()
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"{path}: the model's weights hold numbers that are not finite (NaN or infinite): nothing to diagnose")
+    return model
 
 
 def _is_numbers(values, n: int) -> bool:
@@ -84,13 +89,14 @@ def metrics_history(dirs) -> list[dict]:
     files = {f.resolve() for d in map(Path, dirs) for f in (d / METRICS_NAME, d.parent / METRICS_NAME) if f.is_file()}
     history = []
     for f in sorted(files):
-        for n, line in enumerate(f.read_text().splitlines()):
+        for n, line in enumerate(f.read_text(errors="replace").splitlines()):  # a damaged byte spoils its line only
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash mid-write
-            if isinstance(rec, dict) and _is_heads(rec.get("heads")):
-                history.append({"step": rec.get("step", n), "source": str(f), "heads": rec["heads"]})
+            step = rec.get("step", n) if isinstance(rec, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool) and _is_heads(rec.get("heads")):
+                history.append({"step": step, "source": str(f), "heads": rec["heads"]})
     return sorted(history, key=lambda r: r["step"])
 
 
