@@ -155,7 +155,10 @@ def check_saved_args(base: dict, ckpt: Path) -> dict:
     wrong = [k for k, kind in fields.items() if not isinstance(base[k], kind)]
     if wrong:
         raise UserError(f"{ckpt / STATE_JSON}: the saved arguments {', '.join(wrong)} have the wrong type")
-    check_numbers(TrainArgs(**base))
+    try:
+        check_numbers(TrainArgs(**base))
+    except UserError as e:  # its message names the flag; the value came from the file
+        raise UserError(f"{ckpt / STATE_JSON}: a saved argument is out of range: {e}") from None
     return base
 
 
