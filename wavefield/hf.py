@@ -43,7 +43,7 @@ except ImportError as e:  # tests/hf/test_export.py runs a process without trans
 
 from .data.tokenizer import EOS, Tokenizer  # noqa: E402
 from .io import safetensors_os_errors  # noqa: E402
-from .model import WaveFieldLM, check_weights_header  # noqa: E402
+from .model import WaveFieldLM, check_weights_header, meta_layout  # noqa: E402
 from .ops.loss import IGNORE_INDEX  # noqa: E402
 
 MODEL_TYPE = "wavefield"
@@ -348,9 +348,7 @@ def load_hf(path, dtype=None) -> tuple["WaveFieldForCausalLM", PreTrainedTokeniz
     if not weights.is_file():
         raise MissingError(f"{path} has no model.safetensors; `wavefield export` writes one")
     config = WaveFieldHFConfig.from_pretrained(path)  # its values checked (a UserError)
-    with torch.device("meta"):  # the tensors the config needs, checked against the file's header before anything is read
-        expected = {k: (tuple(v.shape), v.dtype) for k, v in WaveFieldForCausalLM(config).state_dict().items()}
-    check_weights_header(weights, expected)
+    check_weights_header(weights, meta_layout(lambda: WaveFieldForCausalLM(config)))  # before anything is read
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).eval()
     return model, tokenizer
 

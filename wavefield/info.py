@@ -1,8 +1,7 @@
 """What a model holds: parameter counts, config, and each wave head's physical numbers."""
 
-import math
-
 from .layers import WaveFieldAttention
+from .ops import period
 
 
 def head_physics(model) -> list[dict]:
@@ -59,6 +58,5 @@ def format_description(info: dict) -> str:
         lines.append(f"  {'layer':>5} {'head':>4} {'omega':>9} {'alpha':>9} {'phi':>9} {'reach':>9} {'period':>9} {'omega0':>9} {'reach0':>9} {'moved':>7}")
         for layer in info["heads"]:
             for h, (w, a, f, w0, a0) in enumerate(zip(layer["omega"], layer["alpha"], layer["phi"], layer["omega_init"], layer["alpha_init"])):
-                period = 2 * math.pi / w if w > 0 else math.inf  # omega underflows to 0 far below its range
-                lines.append(f"  {layer['layer']:>5} {h:>4} {w:9.4f} {a:9.4f} {f:9.4f} {1 / a:9.1f} {period:9.1f} {w0:9.4f} {1 / a0:9.1f} {a0 / a:6.2f}x")
+                lines.append(f"  {layer['layer']:>5} {h:>4} {w:9.4f} {a:9.4f} {f:9.4f} {1 / a:9.1f} {period(w):9.1f} {w0:9.4f} {1 / a0:9.1f} {a0 / a:6.2f}x")
     return "\n".join(lines)

@@ -39,6 +39,13 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes
 PREFILL_CHUNK = 256  # generate reads a prompt in pieces of this many tokens (prefill): 256 keeps the activations of a small model to a few MB
 
 
+def meta_layout(build) -> dict:
+    """{name: (shape, dtype)} of the tensors of the module `build()` makes, laid out on the meta
+    device (no memory): what a weights file must hold for it (check_weights_header)."""
+    with torch.device("meta"):
+        return {k: (tuple(v.shape), v.dtype) for k, v in build().state_dict().items()}
+
+
 def check_weights_header(file: Path, expected: dict):
     """Refuse a safetensors file whose tensors (read from its header only) are not exactly
     `expected` {name: (shape, dtype)}: a missing, extra or reshaped tensor, or an integer
@@ -406,9 +413,7 @@ class WaveFieldLM(nn.Module):
             cfg = WaveFieldConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
         except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a 5000-digit number, nested too deep; a bad field
             raise UserError(f"{path / CONFIG_NAME} is not a valid wavefield config: {e}") from None
-        with torch.device("meta"):
-            expected = {k: (tuple(v.shape), v.dtype) for k, v in cls(cfg).state_dict().items()}
-        check_weights_header(path / WEIGHTS_NAME, expected)
+        check_weights_header(path / WEIGHTS_NAME, meta_layout(lambda: cls(cfg)))
         try:
             tensors = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
         except (SafetensorError, OSError) as e:

@@ -17,12 +17,10 @@ and a role from reach_1e (the thresholds are LOCAL_MAX and LONG_MIN, in tokens):
     long     reach_1e >= 128    far back: long-range memory
 """
 
-import math
-
 import torch
 
 from ..info import head_physics  # noqa: F401  (re-exported: the per-head record diagnostics read)
-from ..ops.kernel import reach
+from ..ops.kernel import period, reach
 from .energy import dissipation, kernel_energy
 
 LOCAL_MAX = 8.0
@@ -52,7 +50,7 @@ def head_table(params: list[dict]) -> list[dict]:
                     "omega": omega[h].item(),
                     "alpha": alpha[h].item(),
                     "phi": phi[h].item(),
-                    "period": 2 * math.pi / omega[h].item() if omega[h] > 0 else math.inf,  # omega underflows to 0 far below its range
+                    "period": period(omega[h].item()),
                     "reach_1e": reach_1e[h].item(),
                     "reach_1pct": reach_1pct[h].item(),
                     "q_factor": (omega[h] / (2 * alpha[h])).item(),

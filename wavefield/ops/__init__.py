@@ -5,7 +5,7 @@ computed a block of rows at a time."""
 
 from .conv import causal_conv, causal_conv_backward, conv_tail, short_conv
 from .field import gated_field
-from .kernel import lower_toeplitz, next_fast_len, reach, read_weights, wave_gain, wave_kernel, wave_powers
+from .kernel import lower_toeplitz, next_fast_len, period, reach, read_weights, wave_gain, wave_kernel, wave_powers
 from .loss import linear_cross_entropy
 from .outer import OUTER_PATHS, outer_chunked, outer_quadratic, outer_recurrent, outer_state_out, propagate_outer, propagate_outer_heads
 from .propagate import PATHS, carry_in_heads, propagate, propagate_heads, state_out_heads

@@ -80,6 +80,11 @@ def lower_toeplitz(values: torch.Tensor, shift: int = 0) -> torch.Tensor:
     return padded.flip(-1).unfold(-1, C, 1).flip(-2)  # M[i, j] = padded[C - 1 + i - j]
 
 
+def period(omega: float) -> float:
+    """Tokens per oscillation, 2 pi / omega; infinite where omega has underflowed to 0 (a pure decay)."""
+    return 2 * math.pi / omega if omega > 0 else math.inf
+
+
 def reach(alpha: torch.Tensor, level: float = math.exp(-1)) -> torch.Tensor:
     """Distance in tokens at which the envelope exp(-alpha t) falls to `level`."""
     return -math.log(level) / alpha
